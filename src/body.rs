@@ -1,0 +1,176 @@
+//! Body wrappers for the two directions of an exchange. Both stream frame by frame, so
+//! hyper's flow control is the backpressure: nothing is ever collected whole.
+//!
+//! * [`RequestBody`] carries the client's body upstream, counts it and says when it ended
+//!   (the upstream response deadline starts then).
+//! * [`ResponseBody`] carries the destination's body (or a gateway-made OperationOutcome)
+//!   to the client, counts it, and owns the [`ExchangeRecord`] that reports the exchange
+//!   when the body is finished or dropped.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use crate::error::BoxError;
+use crate::exchange::{ByteCounter, ExchangeRecord, Outcome};
+
+/// The client's request body on its way upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    received: ByteCounter,
+    /// Fired once when the body has been read to its end.
+    ended: Option<oneshot::Sender<()>>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`; the receiver resolves when the body has been read completely.
+    pub fn new(inner: Incoming, received: ByteCounter) -> (RequestBody, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut body = RequestBody {
+            inner,
+            received,
+            ended: Some(tx),
+        };
+        // hyper never polls a body that is empty from the start (GET, Content-Length: 0).
+        if body.inner.is_end_stream() {
+            body.signal_end();
+        }
+        (body, rx)
+    }
+
+    fn signal_end(&mut self) {
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if this.inner.is_end_stream() {
+                    this.signal_end();
+                }
+            }
+            None => this.signal_end(),
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the client receives.
+pub struct ResponseBody {
+    source: Source,
+    record: ExchangeRecord,
+}
+
+enum Source {
+    /// The destination's body, passed through frame by frame (data and trailers).
+    Upstream(Incoming),
+    /// A gateway-made OperationOutcome; `None` once sent.
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(inner: Incoming, record: ExchangeRecord) -> Self {
+        Self::new(Source::Upstream(inner), record)
+    }
+
+    pub fn full(bytes: Bytes, record: ExchangeRecord) -> Self {
+        Self::new(Source::Full(Some(bytes)), record)
+    }
+
+    fn new(source: Source, mut record: ExchangeRecord) -> Self {
+        let empty = match &source {
+            Source::Upstream(inner) => inner.is_end_stream(),
+            Source::Full(bytes) => bytes.is_none(),
+        };
+        // hyper never polls a body that is empty from the start (204, 304, HEAD): it is
+        // complete as soon as the response head is written.
+        if empty {
+            record.outcome = Outcome::Complete;
+        }
+        ResponseBody { source, record }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match &mut this.source {
+            Source::Upstream(inner) => match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => Some(Ok(frame)),
+                Some(Err(e)) => {
+                    // Returning the error makes hyper abort the client's response: the
+                    // HTTP/1.1 connection closes before the final chunk, an HTTP/2 stream is
+                    // reset. A truncated body must never look complete.
+                    this.record.outcome = Outcome::UpstreamBroke;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => None,
+            },
+            Source::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+        };
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.record.bytes_out += data.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.record.outcome = Outcome::Complete;
+                }
+            }
+            None => this.record.outcome = Outcome::Complete,
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Upstream(inner) => inner.is_end_stream(),
+            Source::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Upstream(inner) => inner.size_hint(),
+            Source::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! What is known about one exchange, reported exactly once when it ends.
+//!
+//! An exchange ends when its response body has been sent completely, when the upstream
+//! breaks off mid-body, or when the client goes away first. The [`ExchangeRecord`] rides
+//! inside the response body ([`crate::body::ResponseBody`]) and is reported from `Drop`, so
+//! every one of those endings is covered without the proxy having to wait for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Method};
+
+/// How an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response (from the destination or the gateway) reached its end.
+    Complete,
+    /// The upstream's response body failed mid-stream; the client's response was aborted.
+    UpstreamBroke,
+    /// The client stopped reading (closed the connection or reset the stream) first.
+    ClientAborted,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::UpstreamBroke => "upstream-broke",
+            Outcome::ClientAborted => "client-aborted",
+        }
+    }
+}
+
+/// Where the response came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Responder {
+    /// The destination (or next intermediary) answered; its status is passed through.
+    Upstream,
+    /// The gateway answered itself with an OperationOutcome; the label says why
+    /// (e.g. `no-route`, `upstream-tls`).
+    Gateway(&'static str),
+}
+
+/// Bytes of the request body read from the client, shared with the request body wrapper.
+pub type ByteCounter = Arc<AtomicU64>;
+
+/// One exchange, reported once when dropped.
+#[derive(Debug)]
+pub struct ExchangeRecord {
+    pub request_id: HeaderValue,
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub method: Method,
+    /// The public request path, without the query (query strings can carry identifiers).
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub status: u16,
+    pub responder: Responder,
+    pub started: Instant,
+    pub bytes_in: ByteCounter,
+    pub bytes_out: u64,
+    pub outcome: Outcome,
+}
+
+impl Drop for ExchangeRecord {
+    fn drop(&mut self) {
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let upstream = match self.responder {
+            Responder::Upstream => "responded",
+            Responder::Gateway(reason) => reason,
+        };
+        tracing::info!(
+            target: "fhirgate::exchange",
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            listener = &*self.listener,
+            peer = %self.peer,
+            method = %self.method,
+            path = %self.path,
+            route = self.route.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            duration_ms = (duration_ms * 1000.0).round() / 1000.0,
+            upstream,
+            outcome = self.outcome.label(),
+            "exchange"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! # fhirgate
+//!
+//! The **inbound gateway intermediary** of the HL7 FHIR *Hybrid / Intermediary Exchange*
+//! implementation guide: a transparent, TLS-terminating, pass-through reverse proxy that
+//! holds the certificate of a destination's public FHIR base URL and forwards every exchange
+//! to the destination's private URL over a new, verified TLS connection.
+//!
+//! One request reads top to bottom through the modules:
+//!
+//! | stage | module |
+//! |---|---|
+//! | configuration file → validated, immutable [`config::Config`] | [`config`] |
+//! | PEM loading, listener `ServerConfig` (SNI, versions, ALPN), upstream `ClientConfig` | [`tls`] |
+//! | bind, accept, handshake deadline, HTTP/1.1 + HTTP/2, drain | [`server`] |
+//! | one exchange: request id → route → rewrite → upstream → response | [`proxy`] |
+//! | route table: host + segment-boundary longest prefix, dot-segments | [`route`] |
+//! | hop-by-hop, `Host`, `Forwarded`/`Via`, request id | [`headers`] |
+//! | pooled TLS clients per route, timeouts, failure classification | [`upstream`] |
+//! | streaming bodies both ways, counted | [`body`] |
+//! | the record of one exchange, reported when it ends | [`exchange`] |
+//! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
+//! | human or JSON log lines | [`logging`] |
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls into this library, so
+//! tests start a whole gateway in-process on `127.0.0.1:0` with [`server::Gateway`].
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod exchange;
+pub mod headers;
+pub mod logging;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,32 @@
+//! Log set-up: human-readable lines for a terminal, or one JSON object per line for log
+//! shippers. The level comes from `RUST_LOG` (default `info`).
+//!
+//! What is logged is chosen where it is logged: exchange lines carry the request id, route,
+//! method, path, status, byte counts, duration and outcome — never a header value, so no
+//! token, cookie or key can reach the log.
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Installs the global subscriber, writing to standard error.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests starting several gateways in one process) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}

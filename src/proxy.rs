@@ -1,0 +1,263 @@
+//! One exchange, top to bottom: request id → host and SNI → route → request rewrite →
+//! upstream → response passed back → exchange record.
+//!
+//! [`handle`] is the outer function: it owns the exchange record and turns a
+//! [`GatewayError`] into an OperationOutcome. [`Snapshot::forward`] is the inner one and
+//! reads as the request's story.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HOST, TE};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::Config;
+use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format};
+use crate::exchange::{ByteCounter, ExchangeRecord, Outcome, Responder};
+use crate::headers::{self, X_REQUEST_ID};
+use crate::route::{self, RouteTable};
+use crate::tls::UpstreamTrustError;
+use crate::upstream::Upstream;
+
+/// What the gateway knows about the connection an exchange arrived on.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// Name of the listener that accepted it (routes may be restricted to one).
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    /// The TLS server name the client asked for, lower-case; `None` when it sent no SNI.
+    pub sni: Option<Box<str>>,
+}
+
+/// Everything an exchange needs from the configuration, built once and shared read-only.
+pub struct Snapshot {
+    table: RouteTable,
+    /// Indexed by [`route::RouteMatch::index`].
+    routes: Vec<RouteState>,
+}
+
+struct RouteState {
+    name: Arc<str>,
+    upstream: Upstream,
+    forwarded: bool,
+}
+
+impl Snapshot {
+    /// Builds the route table and one upstream client per route (loading trust anchors).
+    pub fn build(config: &Config) -> Result<Snapshot, UpstreamTrustError> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(RouteState {
+                    name: Arc::from(r.name.as_str()),
+                    upstream: Upstream::new(&config.file, r)?,
+                    forwarded: r.forwarded,
+                })
+            })
+            .collect::<Result<Vec<_>, UpstreamTrustError>>()?;
+        Ok(Snapshot {
+            table: RouteTable::new(&config.routes),
+            routes,
+        })
+    }
+
+    /// The inner story of an exchange. Sets `record.route` as soon as it is known.
+    async fn forward(
+        &self,
+        conn: &ConnectionInfo,
+        mut parts: Parts,
+        body: Incoming,
+        request_id: &HeaderValue,
+        record: &mut ExchangeRecord,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        // 1. Which host the client asked for; `Host` is replaced by the upstream's below.
+        let host_header = take_single_host(&mut parts)?;
+        let host = match (parts.uri.authority(), &host_header) {
+            // HTTP/2 :authority, or an HTTP/1.1 absolute-form target (RFC 9112 §3.2.2).
+            (Some(authority), _) => authority.as_str(),
+            (None, Some(value)) => value
+                .to_str()
+                .map_err(|_| GatewayError::Malformed("Host is not valid"))?,
+            (None, None) => return Err(GatewayError::Malformed("missing Host")),
+        };
+        let host_name = route::host_without_port(host);
+
+        // 2. The TLS server name must agree, so one tenant's connection is never used to
+        //    reach another (RFC 9110 §15.5.20: 421 makes the client retry on a new one).
+        if let Some(sni) = &conn.sni
+            && !sni.eq_ignore_ascii_case(host_name)
+        {
+            return Err(GatewayError::MisdirectedRequest);
+        }
+
+        // 3. Route on the raw path; dot-segments could escape a route's prefix upstream.
+        let path = parts.uri.path();
+        if route::has_dot_segment(path) {
+            return Err(GatewayError::DotSegment);
+        }
+        let matched = self
+            .table
+            .lookup(host_name, path, &conn.listener)
+            .ok_or(GatewayError::NoRoute)?;
+        let route = &self.routes[matched.index];
+        record.route = Some(route.name.clone());
+
+        // 4. Rewrite: upstream URI, hop-by-hop fields, Forwarded/Via, request id.
+        let target = route::upstream_path_and_query(
+            route.upstream.base_path(),
+            matched.remainder,
+            parts.uri.query(),
+        );
+        let uri = route.upstream.uri(&target)?;
+        let accepts_trailers = headers::accepts_trailers(&parts.headers);
+        headers::remove_hop_by_hop(&mut parts.headers);
+        if route.forwarded {
+            headers::append_forwarded(&mut parts.headers, conn.peer.ip(), host);
+            headers::append_via(&mut parts.headers, parts.version);
+        }
+        if accepts_trailers {
+            // The gateway's own hop-by-hop declaration: it can pass trailer fields on.
+            parts
+                .headers
+                .insert(TE, HeaderValue::from_static("trailers"));
+        }
+        parts.headers.insert(X_REQUEST_ID, request_id.clone());
+        parts.uri = uri;
+        // The upstream hop is negotiated anew (ALPN); hyper sets Host or :authority from the URI.
+        parts.version = Version::HTTP_11;
+
+        // 5. Send, streaming the body; wait for the response head.
+        let (body, body_sent) = RequestBody::new(body, record.bytes_in.clone());
+        route
+            .upstream
+            .send(Request::from_parts(parts, body), body_sent)
+            .await
+    }
+}
+
+/// Removes `Host`, refusing a request that carries more than one (RFC 9112 §3.2).
+fn take_single_host(parts: &mut Parts) -> Result<Option<HeaderValue>, GatewayError> {
+    let mut values = match parts.headers.entry(HOST) {
+        http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
+        http::header::Entry::Vacant(_) => return Ok(None),
+    };
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(GatewayError::Malformed("more than one Host"));
+    }
+    Ok(first)
+}
+
+/// Serves one exchange. Never fails: gateway errors become OperationOutcome responses.
+pub async fn handle(
+    snapshot: &Snapshot,
+    conn: &ConnectionInfo,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let (parts, body) = request.into_parts();
+    let request_id = headers::request_id(&parts.headers);
+    let format = outcome_format(&parts.headers, parts.uri.query());
+    let mut record = ExchangeRecord {
+        request_id: request_id.clone(),
+        listener: conn.listener.clone(),
+        peer: conn.peer,
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        route: None,
+        status: 0,
+        responder: Responder::Upstream,
+        started: Instant::now(),
+        bytes_in: ByteCounter::default(),
+        bytes_out: 0,
+        outcome: Outcome::ClientAborted,
+    };
+    match snapshot
+        .forward(conn, parts, body, &request_id, &mut record)
+        .await
+    {
+        Ok(response) => pass_back(response, request_id, record),
+        Err(error) => gateway_response(&error, format, record),
+    }
+}
+
+/// The destination's response, unchanged but for hop-by-hop fields and `X-Request-Id`.
+fn pass_back(
+    response: Response<Incoming>,
+    request_id: HeaderValue,
+    mut record: ExchangeRecord,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID, request_id);
+    }
+    parts.version = Version::HTTP_11;
+    record.status = parts.status.as_u16();
+    Response::from_parts(parts, ResponseBody::upstream(body, record))
+}
+
+/// A gateway-made OperationOutcome. The details go to the log, under the request id.
+fn gateway_response(
+    error: &GatewayError,
+    format: OutcomeFormat,
+    mut record: ExchangeRecord,
+) -> Response<ResponseBody> {
+    let request_id = record.request_id.to_str().unwrap_or("-");
+    let response = error.to_response(request_id, format);
+    let status = response.status();
+    if status.is_server_error() {
+        tracing::warn!(target: "fhirgate::exchange", request_id, route = record.route.as_deref().unwrap_or("-"), error = %ErrorChain(error), "gateway error");
+    } else {
+        tracing::debug!(target: "fhirgate::exchange", request_id, error = %ErrorChain(error), "request refused");
+    }
+    record.status = status.as_u16();
+    record.responder = Responder::Gateway(reason(error));
+    let (mut parts, bytes) = response.into_parts();
+    parts
+        .headers
+        .insert(X_REQUEST_ID, record.request_id.clone());
+    Response::from_parts(parts, ResponseBody::full(bytes, record))
+}
+
+/// A short label for the log line saying why the gateway answered itself.
+fn reason(error: &GatewayError) -> &'static str {
+    match error {
+        GatewayError::NoRoute => "no-route",
+        GatewayError::DotSegment => "dot-segment",
+        GatewayError::Malformed(_) => "malformed",
+        GatewayError::MisdirectedRequest => "misdirected",
+        GatewayError::Upstream { kind, .. } => match kind {
+            UpstreamFailure::Refused => "upstream-refused",
+            UpstreamFailure::Tls => "upstream-tls",
+            UpstreamFailure::Broken => "upstream-broken",
+            UpstreamFailure::ConnectTimeout => "upstream-connect-timeout",
+            UpstreamFailure::ResponseTimeout => "upstream-response-timeout",
+        },
+        GatewayError::Overloaded => "overloaded",
+        GatewayError::ShuttingDown => "shutting-down",
+        GatewayError::HeaderTooLarge => "header-too-large",
+        GatewayError::RateLimited { .. } => "rate-limited",
+        GatewayError::Internal(_) => "internal",
+    }
+}
+
+/// Displays an error with its whole cause chain, for the log.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}

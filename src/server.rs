@@ -1,0 +1,255 @@
+//! Listeners: bind, accept, TLS handshake under one deadline, HTTP/1.1 or HTTP/2 by ALPN
+//! (hyper-util's auto builder), and drain on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::config::{Config, Limits};
+use crate::proxy::{self, ConnectionInfo, Snapshot};
+use crate::tls::{self, ListenerTls, TlsFileError, UNRECOGNIZED_NAME_ALERT, UpstreamTrustError};
+
+/// A running gateway: every listener of a [`Config`] bound and serving.
+pub struct Gateway {
+    addrs: Vec<(String, SocketAddr)>,
+    /// Tells every accept loop to stop accepting and drain.
+    stop: watch::Sender<bool>,
+    /// One task per listener; each ends once its connections have drained.
+    listeners: JoinSet<()>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    ListenerTls(#[from] TlsFileError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamTrustError),
+    #[error("listener {listener:?}: cannot bind {addr}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything built from a configuration before any socket is bound: what `check` verifies.
+pub struct Prepared {
+    pub snapshot: Snapshot,
+    pub listeners: Vec<ListenerTls>,
+}
+
+/// Loads every certificate, key and trust anchor the configuration names.
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| tls::listener_tls(&config.file, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let snapshot = Snapshot::build(config)?;
+    Ok(Prepared {
+        snapshot,
+        listeners,
+    })
+}
+
+impl Gateway {
+    /// Loads every certificate and trust anchor, binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let prepared = prepare(&config)?;
+        let snapshot = Arc::new(prepared.snapshot);
+        for route in config.routes.iter().filter(|r| !r.upstream.tls) {
+            tracing::warn!(route = %route.name, upstream = %route.upstream.text,
+                "plaintext upstream: exchanges on this route leave the gateway unencrypted (allow_plaintext_upstream = true)");
+        }
+        let (stop, stopped) = watch::channel(false);
+        let mut addrs = Vec::new();
+        let mut listeners = JoinSet::new();
+        for (cfg, tls) in config.listeners.iter().zip(prepared.listeners) {
+            let socket = TcpListener::bind(cfg.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener: cfg.name.clone(),
+                    addr: cfg.bind,
+                    source,
+                })?;
+            let addr = socket.local_addr().map_err(|source| StartError::Bind {
+                listener: cfg.name.clone(),
+                addr: cfg.bind,
+                source,
+            })?;
+            tracing::info!(listener = %cfg.name, %addr, "listening");
+            addrs.push((cfg.name.clone(), addr));
+            let listener = Listener {
+                name: Arc::from(cfg.name.as_str()),
+                tls,
+                snapshot: snapshot.clone(),
+                http: http_builder(&config.limits),
+                limits: config.limits.clone(),
+            };
+            listeners.spawn(listener.run(socket, stopped.clone(), config.shutdown.grace));
+        }
+        Ok(Gateway {
+            addrs,
+            stop,
+            listeners,
+        })
+    }
+
+    /// The address a listener is bound to (useful with port 0).
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, lets in-flight exchanges finish within the configured grace, returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.listeners.join_next().await.is_some() {}
+    }
+}
+
+/// hyper-util's auto builder: HTTP/2 when the client negotiated `h2` (or sends its preface),
+/// HTTP/1.1 with keep-alive otherwise.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Resolves once the gateway is told to stop (or the `Gateway` handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// One bound listener and what its connections share.
+struct Listener {
+    name: Arc<str>,
+    tls: ListenerTls,
+    snapshot: Arc<Snapshot>,
+    http: auto::Builder<TokioExecutor>,
+    limits: Limits,
+}
+
+impl Listener {
+    /// Accepts until told to stop, then waits up to `grace` for open connections to finish.
+    async fn run(self, socket: TcpListener, mut stop: watch::Receiver<bool>, grace: Duration) {
+        let this = Arc::new(self);
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = socket.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let conn = this.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move { conn.serve(stream, peer, watcher).await });
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning,
+                        // and keep the listener.
+                        tracing::warn!(listener = %this.name, %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = stopped(&mut stop) => break,
+            }
+        }
+        drop(socket);
+        tracing::info!(listener = %this.name, open = graceful.count(), "draining");
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(listener = %this.name, "grace period over; closing remaining connections");
+        }
+    }
+
+    /// One connection: TLS handshake (SNI checked before a certificate is chosen), then HTTP.
+    async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let _ = stream.set_nodelay(true);
+        let deadline = tokio::time::Instant::now() + self.limits.tls_handshake_timeout;
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = match tokio::time::timeout_at(deadline, acceptor).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(error)) => {
+                tracing::debug!(listener = %self.name, %peer, %error, "TLS handshake failed before ClientHello");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %self.name, %peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(|name| Box::<str>::from(name.to_ascii_lowercase()));
+        if let Some(name) = &sni
+            && !self.tls.resolver.covers(name)
+        {
+            // RFC 6066 §3: refuse rather than show one tenant's certificate for another name.
+            tracing::info!(listener = %self.name, %peer, sni = %name, "TLS refused: no certificate for this server name");
+            let mut io = start.io;
+            let _ = io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+            let _ = io.shutdown().await;
+            return;
+        }
+        let tls = match tokio::time::timeout_at(
+            deadline,
+            start.into_stream(self.tls.server_config.clone()),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::info!(listener = %self.name, %peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(listener = %self.name, %peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let info = Arc::new(ConnectionInfo {
+            listener: self.name.clone(),
+            peer,
+            sni,
+        });
+        let snapshot = self.snapshot.clone();
+        let service = service_fn(move |request| {
+            let snapshot = snapshot.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&snapshot, &info, request).await) }
+        });
+        let connection = self
+            .http
+            .serve_connection(TokioIo::new(tls), service)
+            .into_owned();
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(listener = %self.name, %peer, %error, "connection ended with an error");
+        }
+    }
+}

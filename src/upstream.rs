@@ -1,0 +1,225 @@
+//! Upstream side: one pooled keep-alive client per route, speaking TLS to the destination's
+//! private URL (or to the next, delegated intermediary) with the route's trust anchors.
+//!
+//! hyper-util's legacy `Client` gives connection pooling and HTTP/1.1 or HTTP/2 by ALPN;
+//! hyper-rustls does the TLS. This module adds what a gateway needs on top: one deadline
+//! over TCP connect + TLS handshake, a response deadline that starts when the request body
+//! has been sent, and a classification of every failure into an [`UpstreamFailure`].
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::body::RequestBody;
+use crate::config::RouteConfig;
+use crate::error::{BoxError, GatewayError, UpstreamFailure};
+use crate::tls::{UpstreamTrustError, upstream_client_config};
+
+/// How long an unused pooled connection is kept open.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A route's upstream: where exchanges go and the pool of connections to get there.
+pub struct Upstream {
+    client: Client<Connector, RequestBody>,
+    scheme: Scheme,
+    authority: Authority,
+    /// Upstream base path, prepended to the rest of the request path.
+    base_path: String,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client for `route`, loading its trust anchors.
+    pub fn new(config_file: &Path, route: &RouteConfig) -> Result<Upstream, UpstreamTrustError> {
+        let tls = upstream_client_config(config_file, route)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = if route.upstream.tls {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
+        let https = builder.enable_http1().enable_http2().wrap_connector(http);
+        let connector = Connector {
+            inner: https,
+            timeout: route.connect_timeout,
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        let scheme = if route.upstream.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let authority = Authority::try_from(route.upstream.authority.as_str()).map_err(|_| {
+            UpstreamTrustError::BadAuthority {
+                route: route.name.clone(),
+            }
+        })?;
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            base_path: route.upstream.path.clone(),
+            response_timeout: route.response_timeout,
+        })
+    }
+
+    /// The upstream base path (see [`crate::route::upstream_path_and_query`]).
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// The absolute upstream URI for an already rewritten path and query.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        let path_and_query = PathAndQuery::try_from(path_and_query)
+            .map_err(|_| GatewayError::Malformed("request target cannot be forwarded"))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| GatewayError::Internal(e.into()))
+    }
+
+    /// Sends one request and waits for the response headers.
+    ///
+    /// `body_sent` resolves when the request body has been read to its end; the response
+    /// deadline (`response_timeout`) starts then, so a long upload is never cut short.
+    pub async fn send(
+        &self,
+        request: Request<RequestBody>,
+        body_sent: oneshot::Receiver<()>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let response_deadline = async {
+            // An error means the body was dropped unfinished; the request fails on its own then,
+            // but start the clock anyway so nothing waits forever.
+            let _ = body_sent.await;
+            tokio::time::sleep(self.response_timeout).await;
+        };
+        tokio::select! {
+            result = self.client.request(request) => result.map_err(|e| {
+                let kind = classify(&e);
+                GatewayError::Upstream { kind, source: e.into() }
+            }),
+            () = response_deadline => Err(GatewayError::Upstream {
+                kind: UpstreamFailure::ResponseTimeout,
+                source: "no response headers within response_timeout".into(),
+            }),
+        }
+    }
+}
+
+/// Finds what went wrong in a client error: connect failures carry our [`ConnectError`];
+/// anything after the connection was made is a broken exchange.
+fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(connect) = e.downcast_ref::<ConnectError>() {
+            return connect.kind;
+        }
+        cause = e.source();
+    }
+    UpstreamFailure::Broken
+}
+
+/// A failed attempt to open an upstream connection, already classified.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream connection failed ({})", kind.label())]
+pub struct ConnectError {
+    pub kind: UpstreamFailure,
+    #[source]
+    pub source: BoxError,
+}
+
+impl ConnectError {
+    /// Classifies an error of the TCP connector or of the TLS handshake.
+    fn from_connector(source: BoxError) -> Self {
+        let kind = connect_failure_kind(source.as_ref());
+        ConnectError { kind, source }
+    }
+}
+
+/// TLS failures surface as `io::Error`s wrapping a `rustls::Error`, which `source()` does
+/// not reveal: look inside with `get_ref`.
+fn connect_failure_kind(error: &(dyn std::error::Error + 'static)) -> UpstreamFailure {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<rustls::Error>() {
+            return UpstreamFailure::Tls;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return UpstreamFailure::Tls;
+            }
+            return match io.kind() {
+                // The peer hung up during the TLS handshake.
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                    UpstreamFailure::Tls
+                }
+                io::ErrorKind::TimedOut => UpstreamFailure::ConnectTimeout,
+                _ => UpstreamFailure::Refused,
+            };
+        }
+        cause = e.source();
+    }
+    UpstreamFailure::Refused
+}
+
+/// hyper-rustls' connector under one deadline covering TCP connect and TLS handshake.
+#[derive(Clone)]
+pub struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type ConnectFuture = Pin<
+    Box<dyn Future<Output = Result<MaybeHttpsStream<TokioIo<TcpStream>>, ConnectError>> + Send>,
+>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = ConnectError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(ConnectError::from_connector)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(ConnectError::from_connector),
+                Err(elapsed) => Err(ConnectError {
+                    kind: UpstreamFailure::ConnectTimeout,
+                    source: elapsed.into(),
+                }),
+            }
+        })
+    }
+}
