@@ -6,9 +6,14 @@
 //! host and path, durations, absolute file paths. Every error names the file, the key and,
 //! where there is one, the line ([`ConfigError`]).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
 
 /// A validated configuration. Cheap to clone; never mutated after [`Config::load`].
 #[derive(Debug, Clone)]
@@ -150,20 +155,114 @@ pub struct ConfigError {
     pub key: Option<String>,
     /// 1-based line in the config file.
     pub line: Option<usize>,
-    #[source]
+    /// Displayed as part of this error (with its own cause), so not chained again as a source.
     pub kind: ConfigErrorKind,
 }
 
-/// What is wrong. Variants keep their causes as sources so the log shows the whole chain.
+/// What is wrong. Each variant's text includes its cause, so one line says it all.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigErrorKind {
-    #[error("cannot read the file")]
-    Read(#[source] std::io::Error),
-    #[error("{0}")]
-    Syntax(String),
+    #[error("cannot read the file: {0}")]
+    Read(std::io::Error),
+    /// TOML syntax, a wrong type, a missing or an unknown key (the message names it).
+    #[error("{}", .0.message().trim_end())]
+    Syntax(Box<toml::de::Error>),
+    /// A value that parsed but makes no sense; the text says what is wrong and how to fix it.
     #[error("{0}")]
     Invalid(String),
 }
+
+// ---------------------------------------------------------------------------------------
+// The file as written: serde types, unknown keys refused.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    /// Accepted with the keys of the contract; used by the audit trail.
+    audit: Option<RawAudit>,
+    /// Accepted with the keys of the contract; used by the admin listener.
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    bind: Spanned<String>,
+    min_tls_version: Option<Spanned<String>>,
+    #[serde(default)]
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    public_base: Spanned<String>,
+    upstream: Spanned<String>,
+    upstream_ca: Option<Spanned<String>>,
+    listener: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
+    forwarded: Option<bool>,
+    allow_plaintext_upstream: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    tls_handshake_timeout: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Parsed so that a file written for the whole contract is accepted.
+struct RawAudit {
+    path: Option<String>,
+    key_file: Option<String>,
+    source: Option<String>,
+    record_query: Option<bool>,
+    fsync: Option<String>,
+    on_failure: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Parsed so that a file written for the whole contract is accepted.
+struct RawAdmin {
+    bind: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation: raw → Config.
+// ---------------------------------------------------------------------------------------
 
 impl Config {
     /// Reads and validates the file at `path`. Relative paths inside it resolve from its folder.
@@ -179,7 +278,740 @@ impl Config {
 
     /// Validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let _ = (text, path);
-        todo!("config parsing")
+        let v = Validator {
+            file: path,
+            text,
+            dir: path.parent().unwrap_or(Path::new("")),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: None,
+            line: e.span().map(|span| v.line_of(span.start)),
+            kind: ConfigErrorKind::Syntax(Box::new(e)),
+        })?;
+        v.config(raw)
+    }
+}
+
+/// Converts the raw file into a [`Config`], locating every problem.
+struct Validator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(
+        &self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: Some(key.into()),
+            line: span.map(|s| self.line_of(s.start)),
+            kind: ConfigErrorKind::Invalid(message.into()),
+        }
+    }
+
+    fn file_ref(&self, key: String, value: &Spanned<String>) -> Result<FileRef, ConfigError> {
+        if value.get_ref().trim().is_empty() {
+            return Err(self.error(
+                key,
+                Some(value.span()),
+                "is empty; give the path of a PEM file",
+            ));
+        }
+        Ok(FileRef {
+            path: self.dir.join(value.get_ref()),
+            line: Some(self.line_of(value.span().start)),
+            key,
+        })
+    }
+
+    fn duration(
+        &self,
+        key: String,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                Err(self.error(key, Some(value.span()), "must be longer than zero"))
+            }
+            Ok(d) => Ok(d),
+            Err(message) => Err(self.error(key, Some(value.span()), message)),
+        }
+    }
+
+    fn positive(
+        &self,
+        key: &str,
+        value: Option<&Spanned<i64>>,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        match usize::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(self.error(
+                format!("limits.{key}"),
+                Some(value.span()),
+                format!(
+                    "{} is not allowed; give a whole number greater than zero",
+                    value.get_ref()
+                ),
+            )),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.listeners.is_empty() {
+            return Err(self.error(
+                "listeners",
+                None,
+                "no listener is configured; add a [[listeners]] table",
+            ));
+        }
+        if raw.routes.is_empty() {
+            return Err(self.error(
+                "routes",
+                None,
+                "no route is configured; add a [[routes]] table",
+            ));
+        }
+        let mut listeners = Vec::new();
+        let mut listener_names = HashSet::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let listener = self.listener(i, l)?;
+            if !listener_names.insert(listener.name.clone()) {
+                return Err(self.error(
+                    format!("listeners[{i}].name"),
+                    Some(l.name.span()),
+                    format!(
+                        "listener name {:?} is used twice; names must be unique",
+                        listener.name
+                    ),
+                ));
+            }
+            listeners.push(listener);
+        }
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let route = self.route(i, r, &listener_names)?;
+            if routes.iter().any(|other| other.name == route.name) {
+                return Err(self.error(
+                    format!("routes[{i}].name"),
+                    Some(r.name.span()),
+                    format!(
+                        "route name {:?} is used twice; names must be unique",
+                        route.name
+                    ),
+                ));
+            }
+            if let Some(other) = routes.iter().find(|o| {
+                o.public_host == route.public_host
+                    && o.public_path == route.public_path
+                    && o.listener == route.listener
+            }) {
+                return Err(self.error(
+                    format!("routes[{i}].public_base"),
+                    Some(r.public_base.span()),
+                    format!(
+                        "{:?} has the same host and path as route {:?}; only one of them could ever match",
+                        route.public_base_text, other.name
+                    ),
+                ));
+            }
+            routes.push(route);
+        }
+        let defaults = Limits::default();
+        let l = &raw.limits;
+        let limits = Limits {
+            tls_handshake_timeout: self.duration(
+                "limits.tls_handshake_timeout".into(),
+                l.tls_handshake_timeout.as_ref(),
+                defaults.tls_handshake_timeout,
+            )?,
+            header_read_timeout: self.duration(
+                "limits.header_read_timeout".into(),
+                l.header_read_timeout.as_ref(),
+                defaults.header_read_timeout,
+            )?,
+            idle_timeout: self.duration(
+                "limits.idle_timeout".into(),
+                l.idle_timeout.as_ref(),
+                defaults.idle_timeout,
+            )?,
+            max_header_bytes: self.positive(
+                "max_header_bytes",
+                l.max_header_bytes.as_ref(),
+                defaults.max_header_bytes,
+            )?,
+            max_connections: self.positive(
+                "max_connections",
+                l.max_connections.as_ref(),
+                defaults.max_connections,
+            )?,
+            max_connections_per_ip: self.positive(
+                "max_connections_per_ip",
+                l.max_connections_per_ip.as_ref(),
+                defaults.max_connections_per_ip,
+            )?,
+        };
+        let shutdown = ShutdownConfig {
+            grace: self.duration(
+                "shutdown.grace".into(),
+                raw.shutdown.grace.as_ref(),
+                ShutdownConfig::default().grace,
+            )?,
+        };
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            listeners,
+            routes,
+            limits,
+            shutdown,
+        })
+    }
+
+    fn listener(&self, i: usize, raw: &RawListener) -> Result<ListenerConfig, ConfigError> {
+        let key = |k: &str| format!("listeners[{i}].{k}");
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(self.error(
+                key("name"),
+                Some(raw.name.span()),
+                "is empty; give the listener a name",
+            ));
+        }
+        let bind = raw.bind.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.error(
+                key("bind"),
+                Some(raw.bind.span()),
+                format!("{:?} is not a socket address; write IP:PORT, e.g. \"0.0.0.0:8443\" or \"[::]:8443\"", raw.bind.get_ref()),
+            )
+        })?;
+        let min_tls_version = match raw.min_tls_version.as_ref() {
+            None => TlsVersion::V1_2,
+            Some(v) => match v.get_ref().as_str() {
+                "1.2" => TlsVersion::V1_2,
+                "1.3" => TlsVersion::V1_3,
+                other => {
+                    return Err(self.error(
+                        key("min_tls_version"),
+                        Some(v.span()),
+                        format!("{other:?} is not supported; use \"1.2\" or \"1.3\""),
+                    ));
+                }
+            },
+        };
+        if raw.certificates.is_empty() {
+            return Err(self.error(
+                key("certificates"),
+                Some(raw.name.span()),
+                "the listener has no certificate; add a [[listeners.certificates]] table with cert and key",
+            ));
+        }
+        let certificates = raw
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(c, cert)| {
+                Ok(CertificateConfig {
+                    cert: self
+                        .file_ref(format!("listeners[{i}].certificates[{c}].cert"), &cert.cert)?,
+                    key: self
+                        .file_ref(format!("listeners[{i}].certificates[{c}].key"), &cert.key)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(ListenerConfig {
+            name,
+            bind,
+            min_tls_version,
+            certificates,
+        })
+    }
+
+    fn route(
+        &self,
+        i: usize,
+        raw: &RawRoute,
+        listeners: &HashSet<String>,
+    ) -> Result<RouteConfig, ConfigError> {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(self.error(
+                key("name"),
+                Some(raw.name.span()),
+                "is empty; give the route a name",
+            ));
+        }
+        let public = parse_url(raw.public_base.get_ref())
+            .map_err(|m| self.error(key("public_base"), Some(raw.public_base.span()), m))?;
+        if !public.tls {
+            return Err(self.error(
+                key("public_base"),
+                Some(raw.public_base.span()),
+                format!(
+                    "{:?} is not https://; the public base URL is served over TLS only, write https://host/path",
+                    raw.public_base.get_ref()
+                ),
+            ));
+        }
+        let upstream = parse_url(raw.upstream.get_ref())
+            .map_err(|m| self.error(key("upstream"), Some(raw.upstream.span()), m))?;
+        let allow_plaintext = raw.allow_plaintext_upstream.unwrap_or(false);
+        if !upstream.tls && !allow_plaintext {
+            return Err(self.error(
+                key("upstream"),
+                Some(raw.upstream.span()),
+                format!(
+                    "{:?} is plain http://; the IG requires TLS on every hop. Use https://, or set allow_plaintext_upstream = true on this route to accept the risk",
+                    raw.upstream.get_ref()
+                ),
+            ));
+        }
+        let listener = match &raw.listener {
+            None => None,
+            Some(l) if listeners.contains(l.get_ref()) => Some(l.get_ref().clone()),
+            Some(l) => {
+                let mut known: Vec<&str> = listeners.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                return Err(self.error(
+                    key("listener"),
+                    Some(l.span()),
+                    format!(
+                        "no listener is named {:?}; the listeners are: {}",
+                        l.get_ref(),
+                        known.join(", ")
+                    ),
+                ));
+            }
+        };
+        Ok(RouteConfig {
+            name,
+            public_base_text: raw.public_base.get_ref().clone(),
+            public_host: public.host,
+            public_path: public.path,
+            upstream: UpstreamUrl {
+                text: raw.upstream.get_ref().clone(),
+                tls: upstream.tls,
+                authority: upstream.authority,
+                host: upstream.host,
+                port: upstream.port,
+                path: upstream.path,
+            },
+            upstream_ca: raw
+                .upstream_ca
+                .as_ref()
+                .map(|ca| self.file_ref(key("upstream_ca"), ca))
+                .transpose()?,
+            listener,
+            connect_timeout: self.duration(
+                key("connect_timeout"),
+                raw.connect_timeout.as_ref(),
+                Duration::from_secs(5),
+            )?,
+            response_timeout: self.duration(
+                key("response_timeout"),
+                raw.response_timeout.as_ref(),
+                Duration::from_secs(60),
+            )?,
+            forwarded: raw.forwarded.unwrap_or(true),
+            line: Some(self.line_of(raw.name.span().start)),
+        })
+    }
+}
+
+/// `"250ms"`, `"5s"`, `"2m"`, `"1h"`: a whole number and a unit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let bad = || {
+        format!(
+            "{text:?} is not a duration; write a whole number and a unit: \"250ms\", \"5s\", \"2m\" or \"1h\""
+        )
+    };
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = |factor: u64| {
+        number
+            .checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(bad)
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => Err(bad()),
+    }
+}
+
+/// A base URL split the way routing and forwarding need it.
+#[derive(Debug, PartialEq, Eq)]
+struct BaseUrl {
+    tls: bool,
+    /// Lower-case, IPv6 without brackets.
+    host: String,
+    port: u16,
+    /// For the `Host` header: `host[:port]`, the scheme's default port omitted.
+    authority: String,
+    /// Raw; no trailing slash unless it is `/`.
+    path: String,
+}
+
+fn parse_url(text: &str) -> Result<BaseUrl, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a URL; write https://host[:port]/path"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(format!(
+                "{text:?} is not an https:// URL; write https://host[:port]/path"
+            ));
+        }
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{text:?} has no host; write https://host[:port]/path"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{text:?} contains user information; credentials do not belong in a base URL"
+        ));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(format!(
+            "{text:?} has a query or fragment; a base URL is scheme, host, port and path only"
+        ));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!(
+            "{text:?} has no host; write https://host[:port]/path"
+        ));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = authority.port_u16().unwrap_or(default_port);
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let authority = if port == default_port {
+        bracketed
+    } else {
+        format!("{bracketed}:{port}")
+    };
+    let raw_path = uri.path();
+    if raw_path.split('/').any(|s| {
+        let s = s.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    }) {
+        return Err(format!(
+            "{text:?} has a '.' or '..' path segment; write the path without them"
+        ));
+    }
+    let trimmed = raw_path.trim_end_matches('/');
+    let path = if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    };
+    Ok(BaseUrl {
+        tls,
+        host,
+        port,
+        authority,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+[[listeners]]
+name = "public"
+bind = "0.0.0.0:8443"
+
+  [[listeners.certificates]]
+  cert = "certs/public.pem"
+  key  = "certs/public.key"
+
+[[listeners]]
+name = "internal"
+bind = "127.0.0.1:9443"
+min_tls_version = "1.3"
+  [[listeners.certificates]]
+  cert = "/abs/internal.pem"
+  key  = "/abs/internal.key"
+
+[[routes]]
+name = "dest-a"
+public_base = "https://Fhir.Example.org:8443/dest-a/"
+upstream = "https://dest-a.internal:9443/fhir"
+upstream_ca = "certs/private-ca.pem"
+listener = "public"
+connect_timeout = "250ms"
+response_timeout = "2m"
+forwarded = false
+
+[[routes]]
+name = "dest-b"
+public_base = "https://fhir.dest-b.org"
+upstream = "https://[::1]:9443/"
+
+[limits]
+max_header_bytes = 32768
+
+[shutdown]
+grace = "1h"
+
+[audit]
+path = "audit.ndjson"
+key_file = "audit.key"
+
+[admin]
+bind = "127.0.0.1:9901"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/fhirgate/fhirgate.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn valid_config_parses_with_defaults() {
+        let c = parse(VALID).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[0].min_tls_version, TlsVersion::V1_2);
+        assert_eq!(c.listeners[1].min_tls_version, TlsVersion::V1_3);
+        assert_eq!(
+            c.listeners[0].certificates[0].cert.path,
+            Path::new("/etc/fhirgate/certs/public.pem")
+        );
+        assert_eq!(
+            c.listeners[0].certificates[0].cert.key,
+            "listeners[0].certificates[0].cert"
+        );
+        assert_eq!(c.listeners[0].certificates[0].cert.line, Some(7));
+        assert_eq!(
+            c.listeners[1].certificates[0].key.path,
+            Path::new("/abs/internal.key")
+        );
+        let a = &c.routes[0];
+        assert_eq!(
+            (a.public_host.as_str(), a.public_path.as_str()),
+            ("fhir.example.org", "/dest-a")
+        );
+        assert_eq!(a.upstream.authority, "dest-a.internal:9443");
+        assert_eq!(a.upstream.path, "/fhir");
+        assert_eq!(
+            a.upstream_ca.as_ref().unwrap().path,
+            Path::new("/etc/fhirgate/certs/private-ca.pem")
+        );
+        assert_eq!(a.listener.as_deref(), Some("public"));
+        assert_eq!(a.connect_timeout, Duration::from_millis(250));
+        assert_eq!(a.response_timeout, Duration::from_secs(120));
+        assert!(!a.forwarded);
+        let b = &c.routes[1];
+        assert_eq!(b.public_path, "/");
+        assert_eq!((b.upstream.host.as_str(), b.upstream.port), ("::1", 9443));
+        assert_eq!(b.upstream.authority, "[::1]:9443");
+        assert_eq!(b.upstream.path, "/");
+        assert_eq!(b.connect_timeout, Duration::from_secs(5));
+        assert_eq!(b.response_timeout, Duration::from_secs(60));
+        assert!(b.forwarded);
+        assert_eq!(c.limits.max_header_bytes, 32768);
+        assert_eq!(c.limits.max_connections, 20000);
+        assert_eq!(c.shutdown.grace, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn default_port_is_left_out_of_the_authority() {
+        let url = parse_url("https://dest:443/x").unwrap();
+        assert_eq!(url.authority, "dest");
+        let url = parse_url("http://dest:80").unwrap();
+        assert_eq!(
+            (url.authority.as_str(), url.path.as_str(), url.tls),
+            ("dest", "/", false)
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = error(&VALID.replace("forwarded = false", "forwarded = false\nfrowarded = true"));
+        assert!(e.contains("fhirgate.toml:27"), "{e}");
+        assert!(e.contains("frowarded"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_line() {
+        let cases = [
+            (
+                VALID.replace("https://dest-a.internal:9443/fhir", "ftp://dest-a/x"),
+                "routes[0].upstream",
+                ":21:",
+            ),
+            (
+                VALID.replace("\"250ms\"", "\"5 parsecs\""),
+                "routes[0].connect_timeout",
+                ":24:",
+            ),
+            (
+                VALID.replace("\"2m\"", "\"0s\""),
+                "routes[0].response_timeout",
+                ":25:",
+            ),
+            (
+                VALID.replace("0.0.0.0:8443", "localhost"),
+                "listeners[0].bind",
+                ":4:",
+            ),
+            (
+                VALID.replace("name = \"dest-b\"", "name = \"dest-a\""),
+                "routes[1].name",
+                ":29:",
+            ),
+            (
+                VALID.replace("name = \"internal\"", "name = \"public\""),
+                "listeners[1].name",
+                ":11:",
+            ),
+            (
+                VALID.replace("listener = \"public\"", "listener = \"nope\""),
+                "routes[0].listener",
+                ":23:",
+            ),
+            (
+                VALID.replace(
+                    "https://dest-a.internal:9443/fhir",
+                    "http://dest-a.internal/fhir",
+                ),
+                "routes[0].upstream",
+                ":21:",
+            ),
+            (
+                VALID.replace("https://fhir.dest-b.org", "http://fhir.dest-b.org"),
+                "routes[1].public_base",
+                ":30:",
+            ),
+            (
+                VALID
+                    .replace(
+                        "https://fhir.dest-b.org",
+                        "https://fhir.example.org:1/dest-a",
+                    )
+                    .replace("listener = \"public\"\n", ""),
+                "routes[1].public_base",
+                ":29:",
+            ),
+            (
+                VALID.replace("\"1.3\"", "\"1.1\""),
+                "listeners[1].min_tls_version",
+                ":13:",
+            ),
+            (
+                VALID.replace("max_header_bytes = 32768", "max_header_bytes = 0"),
+                "limits.max_header_bytes",
+                ":34:",
+            ),
+            (
+                VALID.replace("https://[::1]:9443/", "https://u:p@dest/"),
+                "routes[1].upstream",
+                ":31:",
+            ),
+            (
+                VALID.replace("https://[::1]:9443/", "https://dest/a/../b"),
+                "routes[1].upstream",
+                ":31:",
+            ),
+        ];
+        for (text, key, line) in cases {
+            let e = error(&text);
+            assert!(e.starts_with("/etc/fhirgate/fhirgate.toml"), "{e}");
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(e.contains(line), "{key} {line}: {e}");
+        }
+    }
+
+    #[test]
+    fn same_host_and_path_on_another_listener_is_allowed() {
+        let text = VALID.replace("https://fhir.dest-b.org", "https://fhir.example.org/dest-a");
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn plaintext_upstream_needs_the_opt_in() {
+        let text = VALID.replace("https://[::1]:9443/", "http://dest-b.internal/fhir") + "";
+        assert!(error(&text).contains("allow_plaintext_upstream"));
+        let text = text.replace(
+            "upstream = \"http://dest-b.internal/fhir\"",
+            "upstream = \"http://dest-b.internal/fhir\"\nallow_plaintext_upstream = true",
+        );
+        let c = parse(&text).unwrap();
+        assert!(!c.routes[1].upstream.tls);
+    }
+
+    #[test]
+    fn listeners_and_routes_are_required() {
+        assert!(error("").contains("listeners"));
+        let only_listener = VALID.split("[[routes]]").next().unwrap();
+        assert!(error(only_listener).contains("routes"));
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = error("[[listeners]]\nname = \"x\"\nbind = \n");
+        assert!(e.contains("fhirgate.toml:3"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "-1s",
+            "5 s",
+            "5sec",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }
