@@ -158,33 +158,32 @@ impl ConnectError {
     }
 }
 
-/// TLS failures surface as `io::Error`s wrapping a `rustls::Error`, which `source()` does
-/// not reveal: look inside with `get_ref`.
+/// TLS failures surface as `io::Error`s wrapping a `rustls::Error` (hyper-rustls wraps that
+/// once more), which `source()` does not reveal: look inside with `get_ref`.
 fn connect_failure_kind(error: &(dyn std::error::Error + 'static)) -> UpstreamFailure {
+    let mut io_kind = None;
     let mut cause = Some(error);
     while let Some(e) = cause {
         if e.is::<rustls::Error>() {
             return UpstreamFailure::Tls;
         }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return UpstreamFailure::Tls;
-            }
-            return match io.kind() {
-                // The peer hung up during the TLS handshake.
-                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
-                    UpstreamFailure::Tls
+        cause = match e.downcast_ref::<io::Error>() {
+            Some(io) => {
+                if io.kind() != io::ErrorKind::Other {
+                    io_kind = Some(io.kind());
                 }
-                io::ErrorKind::TimedOut => UpstreamFailure::ConnectTimeout,
-                _ => UpstreamFailure::Refused,
-            };
-        }
-        cause = e.source();
+                io.get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static))
+            }
+            None => e.source(),
+        };
     }
-    UpstreamFailure::Refused
+    match io_kind {
+        // The peer hung up during the TLS handshake.
+        Some(io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) => UpstreamFailure::Tls,
+        Some(io::ErrorKind::TimedOut) => UpstreamFailure::ConnectTimeout,
+        _ => UpstreamFailure::Refused,
+    }
 }
 
 /// hyper-rustls' connector under one deadline covering TCP connect and TLS handshake.

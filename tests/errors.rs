@@ -10,13 +10,22 @@ use http::Request;
 async fn outcome_is_json_by_default_and_carries_the_request_id() {
     let setup = Setup::new().await;
     let mut conn = setup.client().connect(PUBLIC_HOST, Proto::Http1).await;
-    let request = Request::get("/nowhere").header("x-request-id", "trace-me-1").body(empty()).unwrap();
+    let request = Request::get("/nowhere")
+        .header("x-request-id", "trace-me-1")
+        .body(empty())
+        .unwrap();
     let response = conn.send(request).await.unwrap();
     assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["content-type"], "application/fhir+json; charset=utf-8");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/fhir+json; charset=utf-8"
+    );
     assert_eq!(response.headers()["x-request-id"], "trace-me-1");
     let body = text_of(response).await;
-    assert!(body.starts_with(r#"{"resourceType":"OperationOutcome""#), "{body}");
+    assert!(
+        body.starts_with(r#"{"resourceType":"OperationOutcome""#),
+        "{body}"
+    );
     assert!(body.contains(r#""code":"not-found""#), "{body}");
     assert!(body.contains("trace-me-1"), "{body}");
 }
@@ -25,15 +34,31 @@ async fn outcome_is_json_by_default_and_carries_the_request_id() {
 async fn outcome_is_xml_when_accept_or_format_asks() {
     let setup = Setup::new().await;
     let mut conn = setup.client().connect(PUBLIC_HOST, Proto::Http2).await;
-    let by_accept = Request::get("/nowhere").header("accept", "application/fhir+xml").body(empty()).unwrap();
+    let by_accept = Request::get("/nowhere")
+        .header("accept", "application/fhir+xml")
+        .body(empty())
+        .unwrap();
     let response = conn.send(by_accept).await.unwrap();
-    assert_eq!(response.headers()["content-type"], "application/fhir+xml; charset=utf-8");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/fhir+xml; charset=utf-8"
+    );
     let body = text_of(response).await;
-    assert!(body.starts_with(r#"<OperationOutcome xmlns="http://hl7.org/fhir">"#), "{body}");
+    assert!(
+        body.starts_with(r#"<OperationOutcome xmlns="http://hl7.org/fhir">"#),
+        "{body}"
+    );
 
     let by_format = conn.send(get("/nowhere?_format=xml")).await.unwrap();
-    assert_eq!(by_format.headers()["content-type"], "application/fhir+xml; charset=utf-8");
-    assert!(text_of(by_format).await.contains(r#"<code value="not-found"/>"#));
+    assert_eq!(
+        by_format.headers()["content-type"],
+        "application/fhir+xml; charset=utf-8"
+    );
+    assert!(
+        text_of(by_format)
+            .await
+            .contains(r#"<code value="not-found"/>"#)
+    );
 }
 
 #[tokio::test]
@@ -63,8 +88,18 @@ upstream_ca = "private-ca.pem"
     let response = client.get("/dead/Patient/1", Proto::Http1).await;
     assert_eq!(response.status(), 502);
     let body = text_of(response).await;
-    assert!(body.contains(r#""resourceType":"OperationOutcome""#), "{body}");
-    for private in ["127.0.0.1", &port.to_string(), "secret-private-path", "refused", "os error", "fhirgate.toml"] {
+    assert!(
+        body.contains(r#""resourceType":"OperationOutcome""#),
+        "{body}"
+    );
+    for private in [
+        "127.0.0.1",
+        &port.to_string(),
+        "secret-private-path",
+        "refused",
+        "os error",
+        "fhirgate.toml",
+    ] {
         assert!(!body.contains(private), "body leaks {private:?}: {body}");
     }
 }

@@ -9,7 +9,11 @@ use std::sync::Arc;
 async fn two_certificate_gateway(min_tls: &str) -> (Pki, TestGateway) {
     let pki = Pki::new();
     pki.write_leaf("first", &pki.public_ca.issue(&["first.example.org"]));
-    pki.write_leaf("second", &pki.public_ca.issue(&["second.example.org", "*.tenants.example.org"]));
+    pki.write_leaf(
+        "second",
+        &pki.public_ca
+            .issue(&["second.example.org", "*.tenants.example.org"]),
+    );
     pki.write("private-ca.pem", &pki.private_ca.pem);
     let toml = format!(
         r#"
@@ -47,8 +51,14 @@ async fn certificate_is_chosen_by_sni() {
     let first = client.tls(Some("first.example.org"), &[]).await.unwrap();
     assert_eq!(presented_names(&first), ["first.example.org"]);
     let second = client.tls(Some("second.example.org"), &[]).await.unwrap();
-    assert_eq!(presented_names(&second), ["second.example.org", "*.tenants.example.org"]);
-    let wildcard = client.tls(Some("acme.tenants.example.org"), &[]).await.unwrap();
+    assert_eq!(
+        presented_names(&second),
+        ["second.example.org", "*.tenants.example.org"]
+    );
+    let wildcard = client
+        .tls(Some("acme.tenants.example.org"), &[])
+        .await
+        .unwrap();
     assert_eq!(presented_names(&wildcard)[0], "second.example.org");
 }
 
@@ -65,9 +75,15 @@ async fn unknown_sni_fails_the_handshake_with_unrecognized_name() {
     let (pki, gw) = two_certificate_gateway("1.2").await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
     for name in ["third.example.org", "a.b.tenants.example.org"] {
-        let error = client.tls(Some(name), &[]).await.expect_err("handshake must fail");
+        let error = client
+            .tls(Some(name), &[])
+            .await
+            .expect_err("handshake must fail");
         let text = format!("{error:?}");
-        assert!(text.contains("UnrecognisedName") || text.contains("UnrecognizedName"), "{name}: {text}");
+        assert!(
+            text.contains("UnrecognisedName") || text.contains("UnrecognizedName"),
+            "{name}: {text}"
+        );
     }
 }
 
@@ -79,22 +95,32 @@ async fn minimum_tls_version_is_enforced() {
         for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.public_ca.pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth()
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
     };
     use rustls::pki_types::pem::PemObject;
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("first.example.org").unwrap();
-    let result = tokio_rustls::TlsConnector::from(Arc::new(only_tls12)).connect(name, tcp).await;
-    assert!(result.is_err(), "a TLS 1.2-only client was accepted by a 1.3 listener");
+    let result = tokio_rustls::TlsConnector::from(Arc::new(only_tls12))
+        .connect(name, tcp)
+        .await;
+    assert!(
+        result.is_err(),
+        "a TLS 1.2-only client was accepted by a 1.3 listener"
+    );
 
     // The same listener accepts TLS 1.3, and a 1.2 listener accepts 1.2.
     let client = Client::new(&pki.public_ca.pem, gw.addr);
     let tls = client.tls(Some("first.example.org"), &[]).await.unwrap();
-    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
 }
 
 #[tokio::test]
@@ -105,24 +131,38 @@ async fn tls12_is_accepted_by_default() {
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.public_ca.pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("first.example.org").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
-    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
 }
 
 #[tokio::test]
 async fn alpn_offers_h2_and_http11() {
     let (pki, gw) = two_certificate_gateway("1.2").await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
-    let h2 = client.tls(Some("first.example.org"), &[b"h2", b"http/1.1"]).await.unwrap();
+    let h2 = client
+        .tls(Some("first.example.org"), &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let h1 = client.tls(Some("first.example.org"), &[b"http/1.1"]).await.unwrap();
+    let h1 = client
+        .tls(Some("first.example.org"), &[b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
 

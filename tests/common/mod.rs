@@ -55,7 +55,9 @@ pub struct Leaf {
 impl Ca {
     pub fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().unwrap();
@@ -78,8 +80,11 @@ impl Ca {
 
     fn issue_valid(&self, names: &[&str], from_year: i32, until_year: i32) -> Leaf {
         let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
         params.not_before = rcgen::date_time_ymd(from_year, 1, 1);
         params.not_after = rcgen::date_time_ymd(until_year, 1, 1);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
@@ -188,7 +193,11 @@ impl Received {
 
     pub fn one(&self, name: &str) -> Option<String> {
         let all = self.all(name);
-        assert!(all.len() <= 1, "{name} appears {} times: {all:?}", all.len());
+        assert!(
+            all.len() <= 1,
+            "{name} appears {} times: {all:?}",
+            all.len()
+        );
         all.into_iter().next()
     }
 }
@@ -227,12 +236,15 @@ impl Destination {
         let (rec, conns) = (received.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (rec, acceptor) = (rec.clone(), acceptor.clone());
                 conns.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| respond(req, rec.clone()));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
@@ -240,7 +252,9 @@ impl Destination {
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
                     }
                 });
@@ -259,7 +273,9 @@ impl Destination {
     }
 
     pub fn last(&self) -> Received {
-        self.requests().pop().expect("the destination received no request")
+        self.requests()
+            .pop()
+            .expect("the destination received no request")
     }
 }
 
@@ -285,11 +301,11 @@ async fn respond(
         method: req.method().to_string(),
         target: target.clone(),
         version: req.version(),
-        authority: req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| req.headers().get("host").map(|h| h.to_str().unwrap().to_owned())),
+        authority: req.uri().authority().map(|a| a.to_string()).or_else(|| {
+            req.headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap().to_owned())
+        }),
         headers: req
             .headers()
             .iter()
@@ -319,24 +335,42 @@ async fn respond(
     } else if path.ends_with("/trailers") {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-checksum", "abc123".parse().unwrap());
-        let body = FramesBody(vec![Frame::data(Bytes::from_static(b"hello ")), Frame::data(Bytes::from_static(b"world")), Frame::trailers(trailers)]);
+        let body = FramesBody(vec![
+            Frame::data(Bytes::from_static(b"hello ")),
+            Frame::data(Bytes::from_static(b"world")),
+            Frame::trailers(trailers),
+        ]);
         let mut r = Response::new(body.boxed());
-        r.headers_mut().insert("trailer", "x-checksum".parse().unwrap());
+        r.headers_mut()
+            .insert("trailer", "x-checksum".parse().unwrap());
         r
     } else if path.ends_with("/break") {
         Response::new(BreakingBody { sent: 0 }.boxed())
     } else if path.ends_with("/slow") {
-        tokio::time::sleep(Duration::from_millis(query_param(&target, "ms").unwrap_or(1000))).await;
+        tokio::time::sleep(Duration::from_millis(
+            query_param(&target, "ms").unwrap_or(1000),
+        ))
+        .await;
         text("slow")
-    } else if let Some(code) = path.rsplit_once("/status/").and_then(|(_, c)| c.parse::<u16>().ok()) {
-        let mut r = text(r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"destination's own"}]}"#);
+    } else if let Some(code) = path
+        .rsplit_once("/status/")
+        .and_then(|(_, c)| c.parse::<u16>().ok())
+    {
+        let mut r = text(
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"destination's own"}]}"#,
+        );
         *r.status_mut() = StatusCode::from_u16(code).unwrap();
-        r.headers_mut().insert("content-type", "application/fhir+json".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/fhir+json".parse().unwrap());
         r
     } else if path.ends_with("/token") {
-        let mut r = text(r#"{"access_token":"eyJhbGciOiJFUzI1NiJ9.tok.sig","token_type":"Bearer","expires_in":300}"#);
-        r.headers_mut().insert("cache-control", "no-store".parse().unwrap());
-        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        let mut r = text(
+            r#"{"access_token":"eyJhbGciOiJFUzI1NiJ9.tok.sig","token_type":"Bearer","expires_in":300}"#,
+        );
+        r.headers_mut()
+            .insert("cache-control", "no-store".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
         r
     } else if path.ends_with("/empty") {
         let mut r = Response::new(Empty::new().map_err(|e: Infallible| match e {}).boxed());
@@ -345,11 +379,22 @@ async fn respond(
     } else {
         let mut r = text(r#"{"resourceType":"Patient","id":"1"}"#);
         let h = r.headers_mut();
-        h.append("set-cookie", "session=abc; Path=/; Secure; HttpOnly".parse().unwrap());
+        h.append(
+            "set-cookie",
+            "session=abc; Path=/; Secure; HttpOnly".parse().unwrap(),
+        );
         h.append("set-cookie", "pref=xyz; Path=/".parse().unwrap());
-        h.insert("www-authenticate", r#"Bearer realm="fhir", error="invalid_token""#.parse().unwrap());
+        h.insert(
+            "www-authenticate",
+            r#"Bearer realm="fhir", error="invalid_token""#.parse().unwrap(),
+        );
         h.insert("etag", r#"W/"3""#.parse().unwrap());
-        h.insert("content-location", "https://fhir.example.org/dest-a/Patient/1/_history/3".parse().unwrap());
+        h.insert(
+            "content-location",
+            "https://fhir.example.org/dest-a/Patient/1/_history/3"
+                .parse()
+                .unwrap(),
+        );
         h.insert("server", "test-destination/1.0".parse().unwrap());
         h.insert("date", "Tue, 01 Jan 2030 00:00:00 GMT".parse().unwrap());
         h.insert("content-type", "application/fhir+json".parse().unwrap());
@@ -360,7 +405,11 @@ async fn respond(
 }
 
 fn text(s: &str) -> Response<BoxBody<Bytes, BoxError>> {
-    Response::new(Full::new(Bytes::from(s.to_owned())).map_err(|e: Infallible| match e {}).boxed())
+    Response::new(
+        Full::new(Bytes::from(s.to_owned()))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    )
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -399,7 +448,10 @@ impl Body for PatternBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -424,7 +476,10 @@ impl Body for FramesBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.0.is_empty() {
             Poll::Ready(None)
         } else {
@@ -442,7 +497,10 @@ impl Body for BreakingBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.sent >= 4 {
             return Poll::Ready(Some(Err("destination broke off".into())));
         }
@@ -581,12 +639,16 @@ impl Client {
             None => {
                 // No SNI: connect by IP and skip name verification (only the chain is tested elsewhere).
                 config.enable_sni = false;
-                config.dangerous().set_certificate_verifier(Arc::new(NoVerify));
+                config
+                    .dangerous()
+                    .set_certificate_verifier(Arc::new(NoVerify));
                 ServerName::try_from(PUBLIC_HOST.to_owned()).unwrap()
             }
         };
         let tcp = TcpStream::connect(self.addr).await?;
-        TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
     }
 
     pub async fn connect(&self, sni: &str, proto: Proto) -> Conn {
@@ -594,7 +656,10 @@ impl Client {
             Proto::Http1 => &[b"http/1.1"],
             Proto::Http2 => &[b"h2"],
         };
-        let tls = self.tls(Some(sni), alpn).await.expect("TLS handshake with the gateway");
+        let tls = self
+            .tls(Some(sni), alpn)
+            .await
+            .expect("TLS handshake with the gateway");
         let io = TokioIo::new(tls);
         match proto {
             Proto::Http1 => {
@@ -603,7 +668,9 @@ impl Client {
                 Conn::H1(send)
             }
             Proto::Http2 => {
-                let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+                let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
                 tokio::spawn(conn);
                 Conn::H2(send)
             }
@@ -613,23 +680,33 @@ impl Client {
     /// One request on a new connection to `PUBLIC_HOST`.
     pub async fn get(&self, path: &str, proto: Proto) -> Response<Incoming> {
         let mut conn = self.connect(PUBLIC_HOST, proto).await;
-        conn.send(get(path)).await.expect("response from the gateway")
+        conn.send(get(path))
+            .await
+            .expect("response from the gateway")
     }
 }
 
 impl Conn {
-    pub async fn send(&mut self, mut req: Request<ClientBody>) -> hyper::Result<Response<Incoming>> {
+    pub async fn send(
+        &mut self,
+        mut req: Request<ClientBody>,
+    ) -> hyper::Result<Response<Incoming>> {
         match self {
             Conn::H1(s) => {
                 if !req.headers().contains_key("host") {
-                    req.headers_mut().insert("host", PUBLIC_HOST.parse().unwrap());
+                    req.headers_mut()
+                        .insert("host", PUBLIC_HOST.parse().unwrap());
                 }
                 s.ready().await?;
                 s.send_request(req).await
             }
             Conn::H2(s) => {
                 if req.uri().authority().is_none() {
-                    let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or("/".into());
+                    let pq = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or("/".into());
                     *req.uri_mut() = format!("https://{PUBLIC_HOST}{pq}").parse().unwrap();
                 }
                 s.ready().await?;
@@ -649,7 +726,9 @@ pub fn empty() -> ClientBody {
 }
 
 pub fn full(data: impl Into<Bytes>) -> ClientBody {
-    Full::new(data.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(data.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 /// Reads a whole (small) body as text.
@@ -728,7 +807,11 @@ pub async fn wait_for_port(addr: SocketAddr) {
 
 /// A port that was free a moment ago (for a gateway run as a child process).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn config_dir(pki: &Pki) -> &Path {

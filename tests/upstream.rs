@@ -1,0 +1,187 @@
+//! Upstream: pooled TLS connections verified against the private name with the route's
+//! trust anchors; timeouts → 504; refused or unverifiable → 502 with nothing sent.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+
+/// A gateway whose only route goes to `upstream` (written into the TOML as is).
+async fn gateway_to(pki: &Pki, upstream: &str, extra: &str) -> TestGateway {
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let toml = format!(
+        r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "dest"
+public_base = "https://{PUBLIC_HOST}/dest"
+upstream = "{upstream}"
+upstream_ca = "private-ca.pem"
+{extra}
+"#
+    );
+    TestGateway::start(pki, &toml).await
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_kept_alive() {
+    let setup = Setup::new().await;
+    let client = setup.client();
+    for i in 0..5 {
+        let response = client
+            .get(&format!("/dest-a/Patient/{i}"), Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200);
+        text_of(response).await;
+    }
+    assert_eq!(setup.destination.requests().len(), 5);
+    assert_eq!(
+        setup.destination.connections.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn private_certificate_problems_are_502_and_nothing_is_sent() {
+    let pki = Pki::new();
+    let stranger = Ca::new("Unknown CA");
+    let bad_certificates = [
+        (
+            "wrong name",
+            pki.private_ca.issue(&["not-localhost.internal"]),
+        ),
+        ("expired", pki.private_ca.issue_expired(&["localhost"])),
+        ("unknown CA", stranger.issue(&["localhost"])),
+    ];
+    for (what, leaf) in bad_certificates {
+        let destination = Destination::start(&leaf).await;
+        let gw = gateway_to(
+            &pki,
+            &format!("https://localhost:{}/fhir", destination.addr.port()),
+            "",
+        )
+        .await;
+        let client = Client::new(&pki.public_ca.pem, gw.addr);
+        let response = client.get("/dest/Patient/1", Proto::Http1).await;
+        assert_eq!(response.status(), 502, "{what}");
+        let body = text_of(response).await;
+        assert!(body.contains(r#""code":"security""#), "{what}: {body}");
+        assert!(
+            destination.requests().is_empty(),
+            "{what}: the destination received the request"
+        );
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn refused_connection_is_502() {
+    let pki = Pki::new();
+    let gw = gateway_to(&pki, &format!("https://localhost:{}/fhir", free_port()), "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let response = client.get("/dest/x", Proto::Http2).await;
+    assert_eq!(response.status(), 502);
+    assert!(text_of(response).await.contains(r#""code":"transient""#));
+}
+
+#[tokio::test]
+async fn connect_timeout_is_504() {
+    // Accepts TCP but never answers the TLS handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let pki = Pki::new();
+    let gw = gateway_to(
+        &pki,
+        &format!("https://localhost:{port}/fhir"),
+        r#"connect_timeout = "300ms""#,
+    )
+    .await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let response = client.get("/dest/x", Proto::Http1).await;
+    assert_eq!(response.status(), 504);
+    assert!(text_of(response).await.contains(r#""code":"timeout""#));
+    hold.abort();
+}
+
+#[tokio::test]
+async fn response_timeout_is_504_and_counts_from_the_end_of_the_body() {
+    let setup = Setup::with_route_extra(r#"response_timeout = "300ms""#).await;
+    let client = setup.client();
+    let slow = client.get("/dest-a/slow?ms=3000", Proto::Http1).await;
+    assert_eq!(slow.status(), 504);
+    // An answer within the timeout passes.
+    let quick = client.get("/dest-a/slow?ms=10", Proto::Http1).await;
+    assert_eq!(quick.status(), 200);
+    // An upload that takes longer than the response timeout is not cut short: the clock
+    // starts when the body has been sent.
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes, BoxError>::new(4);
+    let request = http::Request::post("/dest-a/upload")
+        .body(http_body_util::BodyExt::boxed(body))
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        for _ in 0..4 {
+            tx.send_data(bytes::Bytes::from_static(b"0123456789"))
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    let response = conn.send(request).await.unwrap();
+    sending.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(text_of(response).await.starts_with("40 "));
+}
+
+#[tokio::test]
+async fn plaintext_upstream_needs_the_opt_in() {
+    let destination = Destination::start_plain().await;
+    let pki = Pki::new();
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    let toml = |extra: &str| {
+        format!(
+            r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "plain"
+public_base = "https://{PUBLIC_HOST}/plain"
+upstream = "http://127.0.0.1:{}/fhir"
+{extra}
+"#,
+            destination.addr.port()
+        )
+    };
+    let refused = fhirgate::config::Config::parse(&toml(""), &pki.path("fhirgate.toml"));
+    let message = refused
+        .expect_err("http:// without opt-in must be refused")
+        .to_string();
+    assert!(
+        message.contains("routes[0].upstream") && message.contains("allow_plaintext_upstream"),
+        "{message}"
+    );
+
+    let gw = TestGateway::start(&pki, &toml("allow_plaintext_upstream = true")).await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let response = client.get("/plain/Patient/1", Proto::Http1).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(destination.last().target, "/fhir/Patient/1");
+}
