@@ -345,7 +345,18 @@ async fn respond(
             .insert("trailer", "x-checksum".parse().unwrap());
         r
     } else if path.ends_with("/break") {
-        Response::new(BreakingBody { sent: 0 }.boxed())
+        // 256 KiB, a pause so the head and those bytes are surely on their way, then abort.
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                if tx.send_data(Bytes::from(vec![b'x'; 65536])).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.abort("destination broke off".into());
+        });
+        Response::new(body.boxed())
     } else if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_millis(
             query_param(&target, "ms").unwrap_or(1000),
@@ -485,27 +496,6 @@ impl Body for FramesBody {
         } else {
             Poll::Ready(Some(Ok(self.0.remove(0))))
         }
-    }
-}
-
-/// Sends 256 KiB, then fails: the destination breaks off mid-body.
-struct BreakingBody {
-    sent: usize,
-}
-
-impl Body for BreakingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.sent >= 4 {
-            return Poll::Ready(Some(Err("destination broke off".into())));
-        }
-        self.sent += 1;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 65536])))))
     }
 }
 
