@@ -1,0 +1,257 @@
+//! The command line: `check` validates everything and prints the route table, or says
+//! exactly what is wrong (file, key, line) and exits non-zero; `run` logs one line per
+//! exchange, as JSON on request, and never a token or cookie.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+
+fn fhirgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+}
+
+/// A complete, valid configuration with its files, for `check`.
+fn valid(pki: &Pki) -> String {
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    format!(
+        r#"[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+
+[[routes]]
+name = "dest-a"
+public_base = "https://{PUBLIC_HOST}/dest-a"
+upstream = "https://dest-a.internal:9443/fhir"
+upstream_ca = "private-ca.pem"
+listener = "public"
+connect_timeout = "5s"
+"#
+    )
+}
+
+fn check(pki: &Pki, toml: &str) -> (bool, String, String) {
+    let path = pki.write("fhirgate.toml", toml);
+    let out = fhirgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_the_route_table_for_a_valid_config() {
+    let pki = Pki::new();
+    let (ok, stdout, stderr) = check(&pki, &valid(&pki));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("dest-a"), "{stdout}");
+    assert!(
+        stdout.contains("https://fhir.example.org/dest-a"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("https://dest-a.internal:9443/fhir"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(PUBLIC_HOST), "{stdout}");
+}
+
+#[test]
+fn check_names_file_key_and_line_of_each_mistake() {
+    let pki = Pki::new();
+    let good = valid(&pki);
+    // A key that belongs to another certificate.
+    pki.write_leaf("other", &pki.public_ca.issue(&["other.example.org"]));
+    let cases: Vec<(String, &str, Option<&str>)> = vec![
+        (
+            good.replace(
+                "connect_timeout = \"5s\"",
+                "connect_timeout = \"5s\"\nretries = 3",
+            ),
+            "retries",
+            Some(":16"),
+        ),
+        (
+            good.replace("https://dest-a.internal:9443/fhir", "dest-a.internal/fhir"),
+            "routes[0].upstream",
+            Some(":12"),
+        ),
+        (
+            good.replace("\"5s\"", "\"5 seconds\""),
+            "routes[0].connect_timeout",
+            Some(":15"),
+        ),
+        (
+            good.replace("cert = \"public.pem\"", "cert = \"missing.pem\""),
+            "listeners[0].certificates[0].cert",
+            Some(":6"),
+        ),
+        (
+            good.replace("key = \"public.key\"", "key = \"other.key\""),
+            "listeners[0].certificates[0].key",
+            Some(":7"),
+        ),
+        (
+            format!(
+                "{good}\n[[routes]]\nname = \"dest-a\"\npublic_base = \"https://x.example.org/\"\nupstream = \"https://x.internal/\"\n"
+            ),
+            "routes[1].name",
+            Some(":18"),
+        ),
+        (
+            good.replace("listener = \"public\"", "listener = \"edge\""),
+            "routes[0].listener",
+            Some(":14"),
+        ),
+        (
+            good.replace(
+                "upstream_ca = \"private-ca.pem\"",
+                "upstream_ca = \"nowhere.pem\"",
+            ),
+            "routes[0].upstream_ca",
+            Some(":13"),
+        ),
+    ];
+    for (toml, key, line) in cases {
+        let (ok, _, stderr) = check(&pki, &toml);
+        assert!(!ok, "{key}: check passed a broken config");
+        assert!(stderr.contains("fhirgate.toml"), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        if let Some(line) = line {
+            assert!(stderr.contains(line), "{key} line {line}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn check_reports_an_unreadable_config_file() {
+    let out = fhirgate()
+        .args(["check", "--config", "/nonexistent/fhirgate.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/fhirgate.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_each_exchange_as_json_without_secrets() {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let port = free_port();
+    let config = pki.write(
+        "fhirgate.toml",
+        &format!(
+            r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:{port}"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "dest-a"
+public_base = "https://{PUBLIC_HOST}/dest-a"
+upstream = "https://localhost:{}/fhir"
+upstream_ca = "private-ca.pem"
+"#,
+            destination.addr.port()
+        ),
+    );
+    let mut child = fhirgate()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr).await;
+
+    let client = Client::new(&pki.public_ca.pem, addr);
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    let request = Request::post("/dest-a/Patient?name=SECRET-QUERY")
+        .header("authorization", "Bearer SECRET-TOKEN")
+        .header("cookie", "sid=SECRET-COOKIE")
+        .header("dpop", "SECRET-DPOP")
+        .header("x-request-id", "log-test-1")
+        .body(full("{\"resourceType\":\"Patient\"}"))
+        .unwrap();
+    let response = conn.send(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get_all("set-cookie").iter().count() == 2);
+    text_of(response).await;
+    let response = client.get("/nowhere", Proto::Http2).await;
+    assert_eq!(response.status(), 404);
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // SIGTERM: the gateway drains and exits 0, so its output is complete.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let lines: Vec<String> = stderr.lines().map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let everything = lines.join("\n");
+    for secret in [
+        "SECRET-TOKEN",
+        "SECRET-COOKIE",
+        "SECRET-DPOP",
+        "SECRET-QUERY",
+        "session=abc",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "the log contains {secret}:\n{everything}"
+        );
+    }
+    let exchange = lines
+        .iter()
+        .filter_map(|l| serde_json_like(l))
+        .find(|l| l.contains("\"request_id\":\"log-test-1\""))
+        .unwrap_or_else(|| panic!("no JSON exchange line for log-test-1:\n{everything}"));
+    for field in [
+        "\"route\":\"dest-a\"",
+        "\"method\":\"POST\"",
+        "\"status\":200",
+        "\"bytes_in\":26",
+        "\"outcome\":\"complete\"",
+        "\"duration_ms\":",
+        "\"bytes_out\":",
+    ] {
+        assert!(exchange.contains(field), "{field} missing in {exchange}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"status\":404") && l.contains("\"upstream\":\"no-route\"")),
+        "{everything}"
+    );
+}
+
+/// Keeps lines that are JSON objects (the subscriber writes one per line).
+fn serde_json_like(line: &str) -> Option<&str> {
+    (line.starts_with('{') && line.ends_with('}')).then_some(line)
+}
