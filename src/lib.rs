@@ -19,6 +19,7 @@
 //! | streaming bodies both ways, counted | [`body`] |
 //! | the record of one exchange, reported when it ends | [`exchange`] |
 //! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
+//! | open-connection limits, overall and per client address | [`limits`] |
 //! | human or JSON log lines | [`logging`] |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library, so
@@ -33,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod headers;
+pub mod limits;
 pub mod logging;
 pub mod proxy;
 pub mod route;

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::config::{Config, Limits};
+use crate::limits::{ConnectionLimits, ConnectionPermit};
 use crate::proxy::{self, ConnectionInfo, Snapshot};
 use crate::tls::{self, ListenerTls, TlsFileError, UNRECOGNIZED_NAME_ALERT, UpstreamTrustError};
 
@@ -74,6 +75,10 @@ impl Gateway {
             tracing::warn!(route = %route.name, upstream = %route.upstream.text,
                 "plaintext upstream: exchanges on this route leave the gateway unencrypted (allow_plaintext_upstream = true)");
         }
+        let connection_limits = ConnectionLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
         let (stop, stopped) = watch::channel(false);
         let mut addrs = Vec::new();
         let mut listeners = JoinSet::new();
@@ -98,6 +103,7 @@ impl Gateway {
                 snapshot: snapshot.clone(),
                 http: http_builder(&config.limits),
                 limits: config.limits.clone(),
+                connection_limits: connection_limits.clone(),
             };
             listeners.spawn(listener.run(socket, stopped.clone(), config.shutdown.grace));
         }
@@ -152,6 +158,8 @@ struct Listener {
     snapshot: Arc<Snapshot>,
     http: auto::Builder<TokioExecutor>,
     limits: Limits,
+    /// Shared with the gateway's other listeners.
+    connection_limits: Arc<ConnectionLimits>,
 }
 
 impl Listener {
@@ -162,11 +170,18 @@ impl Listener {
         loop {
             tokio::select! {
                 accepted = socket.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let conn = this.clone();
-                        let watcher = graceful.watcher();
-                        tokio::spawn(async move { conn.serve(stream, peer, watcher).await });
-                    }
+                    Ok((stream, peer)) => match this.connection_limits.admit(peer.ip()) {
+                        Ok(permit) => {
+                            let conn = this.clone();
+                            let watcher = graceful.watcher();
+                            tokio::spawn(async move { conn.serve(stream, peer, watcher, permit).await });
+                        }
+                        Err(limit) => {
+                            // Closed before any TLS work is spent on it.
+                            tracing::debug!(listener = %this.name, %peer, ?limit, "connection refused: limit reached");
+                            drop(stream);
+                        }
+                    },
                     Err(error) => {
                         // Out of file descriptors and the like: back off instead of spinning,
                         // and keep the listener.
@@ -188,7 +203,13 @@ impl Listener {
     }
 
     /// One connection: TLS handshake (SNI checked before a certificate is chosen), then HTTP.
-    async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+        _permit: ConnectionPermit,
+    ) {
         let _ = stream.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + self.limits.tls_handshake_timeout;
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);

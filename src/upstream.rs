@@ -222,3 +222,42 @@ impl tower_service::Service<Uri> for Connector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(error: io::Error) -> UpstreamFailure {
+        connect_failure_kind(&error)
+    }
+
+    #[test]
+    fn tls_errors_are_found_however_deeply_wrapped() {
+        let rustls_error = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        let once = io::Error::new(io::ErrorKind::InvalidData, rustls_error.clone());
+        assert_eq!(kind(once), UpstreamFailure::Tls);
+        // hyper-rustls wraps tokio-rustls' io::Error in another one.
+        let twice = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, rustls_error));
+        assert_eq!(kind(twice), UpstreamFailure::Tls);
+    }
+
+    #[test]
+    fn socket_errors_are_classified_by_kind() {
+        assert_eq!(
+            kind(io::ErrorKind::ConnectionRefused.into()),
+            UpstreamFailure::Refused
+        );
+        assert_eq!(
+            kind(io::Error::other(io::Error::from(io::ErrorKind::TimedOut))),
+            UpstreamFailure::ConnectTimeout
+        );
+        assert_eq!(
+            kind(io::ErrorKind::UnexpectedEof.into()),
+            UpstreamFailure::Tls
+        );
+        assert_eq!(
+            kind(io::Error::other("dns error")),
+            UpstreamFailure::Refused
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! Connection limits: a ceiling on open client connections, overall and per client address,
+//! so one partner (or attacker) cannot take every connection the gateway can hold.
+//!
+//! A connection over a limit is closed at once, before any TLS work is spent on it;
+//! connections already open are not affected.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Shared by every listener of a gateway.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    /// One permit per open connection, across all listeners (`max_connections`).
+    total: Arc<Semaphore>,
+    /// Open connections by client address (`max_connections_per_ip`).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// Held for as long as a connection is open; gives its places back when dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    _total: OwnedSemaphorePermit,
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Total,
+    PerIp,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_connections: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            total: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip,
+        })
+    }
+
+    /// Takes a place for a new connection from `ip`, or says which limit is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Total)?;
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open >= self.max_per_ip {
+            return Err(Refusal::PerIp);
+        }
+        *open += 1;
+        Ok(ConnectionPermit {
+            _total: total,
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = per_ip.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                // Forget addresses with nothing open, so the map stays as small as the load.
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn limits_are_enforced_and_released() {
+        let limits = ConnectionLimits::new(3, 2);
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        let a1 = limits.admit(a).unwrap();
+        let _a2 = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).unwrap_err(), Refusal::PerIp);
+        let _b1 = limits.admit(b).unwrap();
+        assert_eq!(limits.admit(b).unwrap_err(), Refusal::Total);
+        drop(a1);
+        let _a3 = limits.admit(a).unwrap();
+        assert_eq!(limits.per_ip.lock().unwrap()[&a], 2);
+    }
+
+    #[test]
+    fn idle_addresses_are_forgotten() {
+        let limits = ConnectionLimits::new(10, 10);
+        let a = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        drop(limits.admit(a).unwrap());
+        assert!(limits.per_ip.lock().unwrap().is_empty());
+    }
+}
