@@ -21,6 +21,7 @@
 //! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
 //! | open-connection limits, overall and per client address | [`limits`] |
 //! | human or JSON log lines | [`logging`] |
+//! | `fhirgate dev`: throw-away PKI, sample destination, gateway | [`dev`], [`sample`] |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library, so
 //! tests start a whole gateway in-process on `127.0.0.1:0` with [`server::Gateway`].
@@ -31,6 +32,7 @@
 
 pub mod body;
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod exchange;
 pub mod headers;
@@ -38,6 +40,7 @@ pub mod limits;
 pub mod logging;
 pub mod proxy;
 pub mod route;
+pub mod sample;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -38,6 +38,12 @@ enum Command {
     /// Validate the configuration, load every certificate, key and trust anchor, print the
     /// route table; exit non-zero on any problem.
     Check,
+    /// Development mode: throw-away CAs and certificates, a sample FHIR destination, and a
+    /// gateway on 127.0.0.1:PORT, with curl commands that work as printed.
+    Dev {
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,10 @@ fn main() -> ExitCode {
             run(&cli.config)
         }
         Command::Check => check(&cli.config),
+        Command::Dev { port } => {
+            logging::init(cli.log_format);
+            dev(port)
+        }
     }
 }
 
@@ -121,21 +131,51 @@ fn describe_routes(config: &Config) -> String {
     out
 }
 
+/// One worker per CPU the process may run on (tokio reads the affinity mask and honours
+/// TOKIO_WORKER_THREADS), so `taskset -c 1 fhirgate run` uses one.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            None
+        }
+    }
+}
+
+fn dev(port: u16) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let environment = match fhirgate::dev::DevEnvironment::start(port).await {
+            Ok(environment) => environment,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // A closed stdout (`fhirgate dev | head`) must not stop the gateway.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stdout(),
+            environment.instructions().as_bytes(),
+        );
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        environment.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
 fn run(path: &Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
-    // One worker per CPU the process may run on (tokio reads the affinity mask and honours
-    // TOKIO_WORKER_THREADS), so `taskset -c 1 fhirgate run` uses one.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let gateway = match Gateway::start(config).await {
