@@ -20,6 +20,7 @@
 //! | the record of one exchange, reported when it ends | [`exchange`] |
 //! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
 //! | open-connection limits, overall and per client address | [`limits`] |
+//! | `fhirgate check`: chains, expiry, coverage, upstream probes | [`check`] |
 //! | human or JSON log lines | [`logging`] |
 //! | `fhirgate dev`: throw-away PKI, sample destination, gateway | [`dev`], [`sample`] |
 //!
@@ -31,6 +32,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod body;
+pub mod check;
 pub mod config;
 pub mod dev;
 pub mod error;

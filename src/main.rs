@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use fhirgate::config::Config;
 use fhirgate::logging::{self, LogFormat};
 use fhirgate::proxy::ErrorChain;
-use fhirgate::server::{self, Gateway};
+use fhirgate::server::Gateway;
 
 /// fhirgate: the inbound gateway intermediary of the FHIR Hybrid / Intermediary Exchange
 /// guide — TLS-terminating, pass-through, streaming.
@@ -35,9 +35,17 @@ struct Cli {
 enum Command {
     /// Serve (the default).
     Run,
-    /// Validate the configuration, load every certificate, key and trust anchor, print the
-    /// route table; exit non-zero on any problem.
-    Check,
+    /// Validate the configuration, load every certificate, key and trust anchor, check
+    /// chains, expiry and coverage, print listeners and the route table; exit non-zero on
+    /// any problem.
+    Check {
+        /// Also connect to every upstream and complete the TLS handshake (no request is sent).
+        #[arg(long)]
+        probe: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+    },
     /// Development mode: throw-away CAs and certificates, a sample FHIR destination, and a
     /// gateway on 127.0.0.1:PORT, with curl commands that work as printed.
     Dev {
@@ -53,7 +61,7 @@ fn main() -> ExitCode {
             logging::init(cli.log_format);
             run(&cli.config)
         }
-        Command::Check => check(&cli.config),
+        Command::Check { probe, format } => check(&cli.config, probe, format),
         Command::Dev { port } => {
             logging::init(cli.log_format);
             dev(port)
@@ -72,63 +80,32 @@ fn load(path: &Path) -> Option<Config> {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    let Some(config) = load(path) else {
-        return ExitCode::FAILURE;
-    };
-    let prepared = match server::prepare(&config) {
-        Ok(prepared) => prepared,
-        Err(error) => {
-            eprintln!("error: {}", ErrorChain(&error));
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("configuration {} is valid\n", config.file.display());
-    println!("LISTENER  BIND  CERTIFICATE NAMES");
-    for (listener, tls) in config.listeners.iter().zip(&prepared.listeners) {
-        let names: Vec<&str> = tls
-            .resolver
-            .certificates()
-            .iter()
-            .flat_map(|c| c.names.iter().map(String::as_str))
-            .collect();
-        println!("{}  {}  {}", listener.name, listener.bind, names.join(", "));
-    }
-    println!();
-    print!("{}", describe_routes(&config));
-    ExitCode::SUCCESS
+/// How `check` prints its report.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
-/// The route table as a text table.
-fn describe_routes(config: &Config) -> String {
-    let name_width = config
-        .routes
-        .iter()
-        .map(|r| r.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    let base_width = config
-        .routes
-        .iter()
-        .map(|r| r.public_base_text.len())
-        .max()
-        .unwrap_or(0)
-        .max(11);
-    let mut out = format!(
-        "{:<name_width$}  {:<base_width$}  UPSTREAM  LISTENER\n",
-        "ROUTE", "PUBLIC BASE"
-    );
-    for r in &config.routes {
-        out.push_str(&format!(
-            "{:<name_width$}  {:<base_width$}  {}  {}\n",
-            r.name,
-            r.public_base_text,
-            r.upstream.text,
-            r.listener.as_deref().unwrap_or("(any)")
-        ));
+fn check(path: &Path, probe: bool, format: ReportFormat) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let report = runtime.block_on(fhirgate::check::check(path, probe));
+    match format {
+        ReportFormat::Text if report.ok => print!("{}", report.to_text()),
+        // Problems go to standard error, so scripts can tell them from the table.
+        ReportFormat::Text => eprint!("{}", report.to_text()),
+        ReportFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => eprintln!("error: {error}"),
+        },
     }
-    out
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// One worker per CPU the process may run on (tokio reads the affinity mask and honours

@@ -32,17 +32,17 @@ pub struct TlsFileError {
     pub line: Option<usize>,
     /// The PEM file itself.
     pub path: PathBuf,
-    #[source]
+    /// Displayed as part of this error (with its own cause), so not chained again as a source.
     pub problem: TlsFileProblem,
 }
 
-/// What is wrong with a PEM file.
+/// What is wrong with a PEM file. Each text includes its cause, so one line says it all.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsFileProblem {
-    #[error("cannot read the file")]
-    Read(#[source] std::io::Error),
-    #[error("not a valid PEM file")]
-    Pem(#[source] rustls::pki_types::pem::Error),
+    #[error("cannot read the file: {0}")]
+    Read(std::io::Error),
+    #[error("not a valid PEM file: {0}")]
+    Pem(rustls::pki_types::pem::Error),
     #[error("contains no PEM certificate (-----BEGIN CERTIFICATE-----)")]
     NoCertificate,
     #[error("contains no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
@@ -51,12 +51,14 @@ pub enum TlsFileProblem {
     BadCertificate,
     #[error("the leaf certificate has no DNS names in its subjectAltName; SNI needs them")]
     NoNames,
-    #[error("the private key is not supported")]
-    UnsupportedKey(#[source] rustls::Error),
-    #[error("the private key does not belong to the first (leaf) certificate of the chain")]
-    KeyMismatch(#[source] rustls::Error),
-    #[error("TLS configuration rejected")]
-    Rustls(#[source] rustls::Error),
+    #[error("the chain is out of order: certificate #{position} was not issued by certificate #{next}; put the leaf first, then its issuer, then that one's issuer", next = position + 1)]
+    ChainOrder { position: usize },
+    #[error("the private key is not supported: {0}")]
+    UnsupportedKey(rustls::Error),
+    #[error("the private key does not belong to the first (leaf) certificate of the chain: {0}")]
+    KeyMismatch(rustls::Error),
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(rustls::Error),
 }
 
 impl TlsFileError {
@@ -124,6 +126,13 @@ impl ListenerCertificate {
     ) -> Result<Self, TlsFileError> {
         let chain = load_certificates(config_file, &cfg.cert)?;
         let key_der = load_private_key(config_file, &cfg.key)?;
+        if let Some(position) = chain_out_of_order(&chain) {
+            return Err(TlsFileError::new(
+                config_file,
+                &cfg.cert,
+                TlsFileProblem::ChainOrder { position },
+            ));
+        }
         let (names, not_after) = leaf_names(&chain[0]).ok_or_else(|| {
             TlsFileError::new(config_file, &cfg.cert, TlsFileProblem::BadCertificate)
         })?;
@@ -173,6 +182,23 @@ fn name_matches(pattern: &str, name: &str) -> bool {
             .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
         None => pattern == name,
     }
+}
+
+/// The 1-based position of the first certificate not issued by the one after it, if any:
+/// a chain goes leaf first, then each issuer (RFC 8446 §4.4.2).
+fn chain_out_of_order(chain: &[CertificateDer<'_>]) -> Option<usize> {
+    let parsed: Vec<_> = chain
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .ok()
+                .map(|(_, c)| c)
+        })
+        .collect::<Option<_>>()?;
+    parsed
+        .windows(2)
+        .position(|pair| pair[0].issuer().as_raw() != pair[1].subject().as_raw())
+        .map(|i| i + 1)
 }
 
 /// DNS subjectAltNames (lower-cased) and notAfter of a leaf certificate.

@@ -68,6 +68,44 @@ impl Ca {
         }
     }
 
+    /// An intermediate CA issued by this one.
+    pub fn intermediate(&self, name: &str) -> (Ca, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let pem = cert.pem();
+        (
+            Ca {
+                pem: pem.clone(),
+                issuer: Issuer::new(params, key),
+            },
+            pem,
+        )
+    }
+
+    /// A server certificate that expires `days` from now.
+    pub fn issue_expiring_in(&self, names: &[&str], days: i64) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// A server certificate valid now for `names` (DNS names or IP literals).
     pub fn issue(&self, names: &[&str]) -> Leaf {
         self.issue_valid(names, 2020, 2099)
