@@ -7,13 +7,14 @@
 //! listener it can arrive on, and — with `--probe` — each upstream's TLS handshake.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::clock::{self, rfc3339};
 use crate::config::Config;
 use crate::proxy::ErrorChain;
 use crate::server::{self, Prepared};
@@ -98,7 +99,7 @@ pub async fn check(path: &std::path::Path, probe: bool) -> Report {
             return report;
         }
     };
-    let now = unix_now();
+    let now = clock::unix_now();
     inspect_listeners(&config, &prepared, now, &mut report);
     check_coverage(&config, &prepared, &mut report);
     if probe {
@@ -133,36 +134,6 @@ fn route_summary(r: &crate::config::RouteConfig) -> RouteSummary {
         response_timeout_ms: r.response_timeout.as_millis(),
         forwarded: r.forwarded,
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 UTC (`2026-11-23T06:00:00Z`) for a Unix timestamp.
-pub fn rfc3339(timestamp: i64) -> String {
-    let days = timestamp.div_euclid(86_400);
-    let seconds = timestamp.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date (H. Hinnant, "chrono-compatible low-level date
-    // algorithms").
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3600,
-        seconds % 3600 / 60,
-        seconds % 60
-    )
 }
 
 /// Chains, names and expiry of every listener certificate.
@@ -459,14 +430,6 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_417_199), "2026-11-23T06:59:59Z");
-        assert_eq!(rfc3339(4_102_444_800), "2100-01-01T00:00:00Z");
-    }
 
     #[test]
     fn table_columns_align() {

@@ -21,6 +21,7 @@
 //! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
 //! | open-connection limits, overall and per client address | [`limits`] |
 //! | `fhirgate check`: chains, expiry, coverage, upstream probes | [`check`] |
+//! | the one time source: Unix time, RFC 3339 UTC | [`clock`] |
 //! | human or JSON log lines | [`logging`] |
 //! | `fhirgate dev`: throw-away PKI, sample destination, gateway | [`dev`], [`sample`] |
 //!
@@ -33,6 +34,7 @@
 
 pub mod body;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod error;

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             logging::init(cli.log_format);
-            run(&cli.config)
+            run(&cli.config, cli.log_format)
         }
         Command::Check { probe, format } => check(&cli.config, probe, format),
         Command::Dev { port } => {
@@ -147,7 +147,14 @@ fn dev(port: u16) -> ExitCode {
     })
 }
 
-fn run(path: &Path) -> ExitCode {
+fn log_format_name(format: LogFormat) -> &'static str {
+    match format {
+        LogFormat::Human => "human",
+        LogFormat::Json => "json",
+    }
+}
+
+fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
@@ -162,7 +169,13 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "fhirgate started");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %path.display(),
+            log = %format!("stderr ({})", log_format_name(log_format)),
+            audit = "not configured",
+            "fhirgate started"
+        );
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections, draining exchanges in flight");
         tokio::select! {

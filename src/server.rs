@@ -79,6 +79,15 @@ impl Gateway {
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         );
+        for route in &config.routes {
+            tracing::info!(
+                route = %route.name,
+                public_base = %route.public_base_text,
+                upstream = %route.upstream.text,
+                listener = route.listener.as_deref().unwrap_or("(any)"),
+                "route"
+            );
+        }
         let (stop, stopped) = watch::channel(false);
         let mut addrs = Vec::new();
         let mut listeners = JoinSet::new();
@@ -95,7 +104,19 @@ impl Gateway {
                 addr: cfg.bind,
                 source,
             })?;
-            tracing::info!(listener = %cfg.name, %addr, "listening");
+            let certificates: Vec<String> = tls
+                .resolver
+                .certificates()
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} (expires {})",
+                        c.names.join(" "),
+                        crate::clock::rfc3339(c.not_after)
+                    )
+                })
+                .collect();
+            tracing::info!(listener = %cfg.name, %addr, certificates = %certificates.join(", "), "listening");
             addrs.push((cfg.name.clone(), addr));
             let listener = Listener {
                 name: Arc::from(cfg.name.as_str()),
