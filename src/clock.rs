@@ -11,6 +11,14 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch, UTC.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// RFC 3339 UTC (`2026-11-23T06:00:00Z`) for a Unix timestamp.
 pub fn rfc3339(timestamp: i64) -> String {
     let days = timestamp.div_euclid(86_400);

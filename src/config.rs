@@ -24,6 +24,47 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub limits: Limits,
     pub shutdown: ShutdownConfig,
+    /// The audit trail; `None` when the file has no `[audit]` section.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`: one FHIR AuditEvent per exchange, chained with an HMAC.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+    /// The secret keying the chain and token fingerprints (the file's raw bytes, ≥ 32).
+    pub key_file: FileRef,
+    /// This gateway's name in each AuditEvent's source/observer.
+    pub source: String,
+    /// Query strings can carry patient identifiers: off unless asked for.
+    pub record_query: bool,
+    pub fsync: FsyncPolicy,
+    pub on_failure: OnAuditFailure,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// An append-only file, reopened on SIGHUP (logrotate).
+    File(PathBuf),
+    /// Standard output (containers), `path = "-"`.
+    Stdout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// After each record.
+    Always,
+    /// At most every 100 ms.
+    Interval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAuditFailure {
+    /// Refuse new exchanges with 503 until the sink can be written again.
+    Refuse,
+    /// Keep serving; records that cannot be written go to the log.
+    LogAndContinue,
 }
 
 /// One `[[listeners]]` table: a TLS-only socket holding the public certificates.
@@ -187,9 +228,6 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     shutdown: RawShutdown,
-    /// Accepted with the keys of the contract (checked, unknown keys refused) so a file
-    /// written for the whole contract loads; the audit trail is not built yet.
-    #[allow(dead_code)]
     audit: Option<RawAudit>,
     /// As `audit`: accepted and checked; the admin listener is not built yet.
     #[allow(dead_code)]
@@ -246,14 +284,13 @@ struct RawShutdown {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Parsed so that a file written for the whole contract is accepted.
 struct RawAudit {
-    path: Option<String>,
-    key_file: Option<String>,
-    source: Option<String>,
+    path: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
     record_query: Option<bool>,
-    fsync: Option<String>,
-    on_failure: Option<String>,
+    fsync: Option<Spanned<String>>,
+    on_failure: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -483,12 +520,82 @@ impl Validator<'_> {
                 ShutdownConfig::default().grace,
             )?,
         };
+        let audit = raw.audit.as_ref().map(|a| self.audit(a)).transpose()?;
         Ok(Config {
             file: self.file.to_path_buf(),
             listeners,
             routes,
             limits,
             shutdown,
+            audit,
+        })
+    }
+
+    fn audit(&self, raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
+        let sink = match raw.path.as_ref() {
+            None => AuditSink::File(self.dir.join("audit.ndjson")),
+            Some(p) if p.get_ref() == "-" => AuditSink::Stdout,
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(self.error(
+                    "audit.path",
+                    Some(p.span()),
+                    "is empty; give a file path, or \"-\" for standard output",
+                ));
+            }
+            Some(p) => AuditSink::File(self.dir.join(p.get_ref())),
+        };
+        let Some(key_file) = raw.key_file.as_ref() else {
+            return Err(self.error(
+                "audit.key_file",
+                None,
+                "is required: the audit chain and token fingerprints are keyed with a secret; create one with `head -c 32 /dev/urandom > audit.key` and name it here",
+            ));
+        };
+        let key_file = self.file_ref("audit.key_file".into(), key_file)?;
+        let source = match raw.source.as_ref() {
+            None => "fhirgate".to_owned(),
+            Some(s) if s.get_ref().trim().is_empty() => {
+                return Err(self.error(
+                    "audit.source",
+                    Some(s.span()),
+                    "is empty; name this gateway, e.g. \"fhirgate-1\"",
+                ));
+            }
+            Some(s) => s.get_ref().clone(),
+        };
+        let fsync = match raw.fsync.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            None | Some(("interval", _)) => FsyncPolicy::Interval,
+            Some(("always", _)) => FsyncPolicy::Always,
+            Some((other, span)) => {
+                return Err(self.error(
+                    "audit.fsync",
+                    Some(span),
+                    format!("{other:?} is not a policy; use \"always\" or \"interval\""),
+                ));
+            }
+        };
+        let on_failure = match raw
+            .on_failure
+            .as_ref()
+            .map(|f| (f.get_ref().as_str(), f.span()))
+        {
+            None | Some(("refuse", _)) => OnAuditFailure::Refuse,
+            Some(("log-and-continue", _)) => OnAuditFailure::LogAndContinue,
+            Some((other, span)) => {
+                return Err(self.error(
+                    "audit.on_failure",
+                    Some(span),
+                    format!("{other:?} is not a choice; use \"refuse\" or \"log-and-continue\""),
+                ));
+            }
+        };
+        Ok(AuditConfig {
+            sink,
+            key_file,
+            source,
+            record_query: raw.record_query.unwrap_or(false),
+            fsync,
+            on_failure,
         })
     }
 

@@ -2,32 +2,245 @@
 //!
 //! It makes two throw-away certificate authorities with rcgen — a *private* one for the
 //! destination (as an organisation's internal CA would be) and a *public* one for the
-//! gateway's listener — starts the [sample destination](crate::sample) on a private
-//! 127.0.0.1 port, writes a gateway configuration like an operator would, and starts the
-//! gateway from it. Everything lives in a temporary folder that is removed on exit.
+//! gateway's listener (standing in for a public web CA) — starts the
+//! [sample destination](crate::sample) on a private 127.0.0.1 port with a certificate for its
+//! private name, writes a gateway configuration the way an operator would, and starts the
+//! gateway from that file. Everything lives in one temporary folder that is removed when the
+//! environment stops or is dropped.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::Config;
 use crate::proxy::ErrorChain;
 use crate::sample::{self, SampleDestination};
-use crate::server::Gateway;
+use crate::server::{Gateway, StartError};
 
-/// A running development set-up.
+/// The listener name in the written configuration.
+const LISTENER: &str = "public";
+
+/// A running development set-up: sample destination, gateway, and their files.
 pub struct DevEnvironment {
     gateway: Gateway,
+    /// Kept so the destination lives as long as the gateway that forwards to it.
     destination: SampleDestination,
-    /// The temporary folder with the CAs, certificates, keys and configuration.
-    dir: PathBuf,
+    /// Removed on drop, so even an interrupted stop leaves no keys behind.
+    dir: DevDir,
     port: u16,
+}
+
+impl DevEnvironment {
+    /// Makes the certificates, starts the sample destination on a private port and the gateway
+    /// on `127.0.0.1:port`, with public base `https://localhost:port/fhir`.
+    pub async fn start(port: u16) -> anyhow::Result<DevEnvironment> {
+        // The destination must know its public URL before the gateway binds (it writes it
+        // into its answers), so the port cannot be left to the system.
+        anyhow::ensure!(
+            port != 0,
+            "--port 0 is not supported: choose a port, such as 8443"
+        );
+        let dir = DevDir::create()?;
+
+        let private_ca = DevCa::new("fhirgate dev private CA (throw-away)")?;
+        let public_ca = DevCa::new("fhirgate dev public CA (throw-away)")?;
+        dir.write("private-ca.pem", &private_ca.pem)?;
+        dir.write("public-ca.pem", &public_ca.pem)?;
+        let (public_cert, public_key) = public_ca.issue(&["localhost"])?;
+        dir.write("public.pem", &public_cert)?;
+        dir.write("public.key", &public_key)?;
+        // The audit chain's secret: 32 random bytes (two v4 UUIDs, 244 random bits).
+        let audit_key = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].map(|u| u.into_bytes());
+        dir.write("audit.key", audit_key.concat())?;
+
+        // The destination's certificate reflects its private name (IG security section); the
+        // gateway verifies it against the private CA only.
+        let (dest_cert, dest_key) = private_ca.issue(&["localhost", "127.0.0.1"])?;
+        let public_base = format!("https://localhost:{port}{}", sample::BASE_PATH);
+        let destination = sample::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            server_config(&dest_cert, &dest_key)?,
+            public_base.clone(),
+        )
+        .await
+        .context("cannot start the sample destination")?;
+
+        let toml = format!(
+            r#"# Written by `fhirgate dev`: a throw-away configuration, removed when it stops.
+[[listeners]]
+name = "{LISTENER}"
+bind = "127.0.0.1:{port}"
+  [[listeners.certificates]]
+  cert = "public.pem"          # for localhost, issued by public-ca.pem
+  key = "public.key"
+
+[[routes]]
+name = "sample"
+public_base = "{public_base}"
+upstream = "https://localhost:{dest_port}{sample_base}"
+upstream_ca = "private-ca.pem"
+
+[audit]
+path = "audit.ndjson"          # one AuditEvent per exchange, chained with audit.key
+key_file = "audit.key"
+source = "fhirgate-dev"
+
+[shutdown]
+grace = "5s"                   # Ctrl-C should not wait long for an open download
+"#,
+            dest_port = destination.addr.port(),
+            sample_base = sample::BASE_PATH,
+        );
+        let config_path = dir.write("fhirgate.toml", &toml)?;
+        let config =
+            Config::load(&config_path).map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+        let gateway = Gateway::start(config).await.map_err(|error| match &error {
+            StartError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                anyhow::anyhow!(
+                    "port {port} on 127.0.0.1 is already in use (another `fhirgate dev`?); \
+                     choose another with `fhirgate dev --port N`"
+                )
+            }
+            _ => anyhow::anyhow!("{}", ErrorChain(&error)),
+        })?;
+        Ok(DevEnvironment {
+            gateway,
+            destination,
+            dir,
+            port,
+        })
+    }
+
+    /// The public CA file clients pass to `curl --cacert`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("public-ca.pem")
+    }
+
+    /// The gateway's public base URL, `https://localhost:PORT/fhir`.
+    pub fn public_base(&self) -> String {
+        format!("https://localhost:{}{}", self.port, sample::BASE_PATH)
+    }
+
+    /// The address the gateway listens on.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.local_addr(LISTENER)
+    }
+
+    /// What to paste: a short banner and curl commands that work as printed.
+    pub fn instructions(&self) -> String {
+        let ca = self.ca_file();
+        let curl = format!("curl --cacert {}", ca.display());
+        let base = self.public_base();
+        let private = format!(
+            "https://localhost:{}{}",
+            self.destination.addr.port(),
+            sample::BASE_PATH
+        );
+        let config = self.dir.path().join("fhirgate.toml");
+        let mut out = String::new();
+        let mut line = |text: &str| {
+            out.push_str(text);
+            out.push('\n');
+        };
+        line("fhirgate dev is running (throw-away certificates and a sample destination).");
+        line("");
+        line(&format!("  gateway (public):     {base}"));
+        line(&format!(
+            "  sample destination:   {private}   (private; reached only through the gateway)"
+        ));
+        line(&format!("  public CA for curl:   {}", ca.display()));
+        line(&format!("  configuration:        {}", config.display()));
+        line(&format!(
+            "  audit trail:          {}",
+            self.dir.path().join("audit.ndjson").display()
+        ));
+        line("");
+        line("Try, in another terminal:");
+        line("");
+        line("  # capabilities");
+        line(&format!("  {curl} {base}/metadata"));
+        line("  # a read, as JSON and as XML");
+        line(&format!("  {curl} {base}/Patient/example"));
+        line(&format!("  {curl} '{base}/Patient/example?_format=xml'"));
+        line("  # a search: the Bundle's fullUrls use the public base");
+        line(&format!("  {curl} '{base}/Patient?name=chalmers'"));
+        line("  # SMART discovery; without a token the protected read is refused (401)");
+        line(&format!("  {curl} {base}/.well-known/smart-configuration"));
+        line(&format!("  {curl} -i {base}/Observation/protected"));
+        line("  # a token from the destination, passed through untouched, then the protected read");
+        line(&format!(
+            "  TOKEN=$({curl} -s -d grant_type=client_credentials {base}/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')"
+        ));
+        line(&format!(
+            "  {curl} -H \"Authorization: Bearer $TOKEN\" {base}/Observation/protected"
+        ));
+        line(
+            "  # bulk export: kick-off (202 + Content-Location), poll, download (streamed, ~3.7 MB)",
+        );
+        line(&format!(
+            "  {curl} -i -H 'Prefer: respond-async' '{base}/$export'"
+        ));
+        line(&format!("  {curl} {base}/bulkstatus/1"));
+        line(&format!(
+            "  {curl} -s {base}/bulkfiles/patients.ndjson | wc -l"
+        ));
+        line("");
+        line("Press Ctrl-C to stop.");
+        out
+    }
+
+    /// Drains the gateway, stops the destination and removes the temporary folder.
+    pub async fn stop(self) {
+        self.gateway.shutdown().await;
+        // `destination` and `dir` are dropped here: connections closed, folder removed.
+    }
+}
+
+/// The temporary folder: private to this user (it holds keys), unique per run, removed on
+/// drop. A few lines here rather than promoting the `tempfile` dev-dependency to a
+/// dependency of the product.
+struct DevDir(PathBuf);
+
+impl DevDir {
+    fn create() -> anyhow::Result<DevDir> {
+        let path = std::env::temp_dir().join(format!(
+            "fhirgate-dev-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        // `create`, not `create_all`: never reuse a folder someone else prepared.
+        builder
+            .create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(DevDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> anyhow::Result<PathBuf> {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for DevDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A throw-away certificate authority.
@@ -50,160 +263,19 @@ impl DevCa {
         })
     }
 
-    /// A server certificate for `names`, as (chain PEM, key PEM).
+    /// A server certificate for `names` (DNS names or IP addresses), as (PEM, key PEM).
     fn issue(&self, names: &[&str]) -> anyhow::Result<(String, String)> {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 }
 
-fn write(dir: &Path, name: &str, contents: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
-}
-
-impl DevEnvironment {
-    /// Makes the certificates, starts the sample destination and the gateway on
-    /// `127.0.0.1:port`.
-    pub async fn start(port: u16) -> anyhow::Result<DevEnvironment> {
-        let dir = std::env::temp_dir().join(format!("fhirgate-dev-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-
-        let private_ca = DevCa::new("fhirgate dev private CA (throw-away)")?;
-        let public_ca = DevCa::new("fhirgate dev public CA (throw-away)")?;
-        write(&dir, "private-ca.pem", &private_ca.pem)?;
-        write(&dir, "public-ca.pem", &public_ca.pem)?;
-        let (public_cert, public_key) = public_ca.issue(&["localhost"])?;
-        write(&dir, "public.pem", &public_cert)?;
-        write(&dir, "public.key", &public_key)?;
-
-        // The destination's certificate reflects its private name (IG security section).
-        let (dest_cert, dest_key) = private_ca.issue(&["localhost", "127.0.0.1"])?;
-        let public_base = format!("https://localhost:{port}/fhir");
-        let destination = SampleDestination::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            server_config(&dest_cert, &dest_key)?,
-            public_base.clone(),
-        )
-        .await
-        .context("cannot start the sample destination")?;
-
-        let toml = format!(
-            r#"# Written by `fhirgate dev`: a throw-away configuration.
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:{port}"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-
-[[routes]]
-name = "sample"
-public_base = "{public_base}"
-upstream = "https://localhost:{dest_port}{sample_base}"
-upstream_ca = "private-ca.pem"
-"#,
-            dest_port = destination.addr.port(),
-            sample_base = sample::BASE_PATH,
-        );
-        let config_path = write(&dir, "fhirgate.toml", &toml)?;
-        let config =
-            Config::load(&config_path).map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
-        let gateway = Gateway::start(config)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
-        Ok(DevEnvironment {
-            gateway,
-            destination,
-            dir,
-            port,
-        })
-    }
-
-    /// The public CA file clients pass to `curl --cacert`.
-    pub fn ca_file(&self) -> PathBuf {
-        self.dir.join("public-ca.pem")
-    }
-
-    /// What to paste: curl commands that work as printed.
-    pub fn instructions(&self) -> String {
-        let ca = self.ca_file();
-        let ca = ca.display();
-        let base = format!("https://localhost:{}/fhir", self.port);
-        let mut out = String::new();
-        let _ = writeln!(out, "fhirgate dev is running.");
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "  gateway (public):     {base}   ->   sample destination (private): https://localhost:{}{}",
-            self.destination.addr.port(),
-            sample::BASE_PATH
-        );
-        let _ = writeln!(out, "  public CA for curl:   {ca}");
-        let _ = writeln!(
-            out,
-            "  configuration:        {}",
-            self.dir.join("fhirgate.toml").display()
-        );
-        let _ = writeln!(out);
-        let _ = writeln!(out, "Try (in another terminal):");
-        let _ = writeln!(out);
-        let _ = writeln!(out, "  # capabilities");
-        let _ = writeln!(out, "  curl --cacert {ca} {base}/metadata");
-        let _ = writeln!(out, "  # a read, as JSON and as XML");
-        let _ = writeln!(out, "  curl --cacert {ca} {base}/Patient/example");
-        let _ = writeln!(
-            out,
-            "  curl --cacert {ca} '{base}/Patient/example?_format=xml'"
-        );
-        let _ = writeln!(
-            out,
-            "  # a search: the Bundle's fullUrls use the public base"
-        );
-        let _ = writeln!(out, "  curl --cacert {ca} '{base}/Patient?name=chalmers'");
-        let _ = writeln!(
-            out,
-            "  # a token from the destination, passed back untouched, then a protected read"
-        );
-        let _ = writeln!(out, "  curl -i --cacert {ca} {base}/Observation/protected");
-        let _ = writeln!(
-            out,
-            "  TOKEN=$(curl -s --cacert {ca} -d grant_type=client_credentials {base}/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')"
-        );
-        let _ = writeln!(
-            out,
-            "  curl --cacert {ca} -H \"Authorization: Bearer $TOKEN\" {base}/Observation/protected"
-        );
-        let _ = writeln!(out, "  # bulk export: kick-off, poll, download (streamed)");
-        let _ = writeln!(
-            out,
-            "  curl -i --cacert {ca} -H 'Prefer: respond-async' '{base}/$export'"
-        );
-        let _ = writeln!(out, "  curl --cacert {ca} {base}/bulkstatus/1");
-        let _ = writeln!(
-            out,
-            "  curl --cacert {ca} {base}/bulkfiles/patients.ndjson | wc -l"
-        );
-        let _ = writeln!(out);
-        let _ = writeln!(out, "Press Ctrl-C to stop.");
-        out
-    }
-
-    /// Drains the gateway, stops the destination and removes the temporary folder.
-    pub async fn stop(self) {
-        self.gateway.shutdown().await;
-        self.destination.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
+/// The sample destination's TLS set-up: its private certificate, TLS 1.2 and 1.3.
 fn server_config(cert_pem: &str, key_pem: &str) -> anyhow::Result<rustls::ServerConfig> {
     let certs =
         CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;

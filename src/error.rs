@@ -33,6 +33,8 @@ pub enum GatewayError {
     Overloaded,
     #[error("gateway shutting down")]
     ShuttingDown,
+    #[error("the audit trail cannot be written")]
+    AuditUnavailable,
     #[error("request header section too large")]
     HeaderTooLarge,
     #[error("rate limit exceeded")]
@@ -91,9 +93,9 @@ impl GatewayError {
                     StatusCode::GATEWAY_TIMEOUT
                 }
             },
-            GatewayError::Overloaded | GatewayError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::Overloaded
+            | GatewayError::ShuttingDown
+            | GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,7 +115,9 @@ impl GatewayError {
                 UpstreamFailure::Tls => "security",
                 UpstreamFailure::ConnectTimeout | UpstreamFailure::ResponseTimeout => "timeout",
             },
-            GatewayError::Overloaded | GatewayError::ShuttingDown => "transient",
+            GatewayError::Overloaded
+            | GatewayError::ShuttingDown
+            | GatewayError::AuditUnavailable => "transient",
             GatewayError::HeaderTooLarge => "too-long",
             GatewayError::RateLimited { .. } => "throttled",
             GatewayError::Internal(_) => "exception",
@@ -145,6 +149,9 @@ impl GatewayError {
             },
             GatewayError::Overloaded => "The gateway is overloaded; retry later.",
             GatewayError::ShuttingDown => "The gateway is shutting down; retry.",
+            GatewayError::AuditUnavailable => {
+                "The gateway cannot record this exchange in its audit trail; retry later."
+            }
             GatewayError::HeaderTooLarge => "The request header section is too large.",
             GatewayError::RateLimited { .. } => {
                 "Too many requests; retry after the indicated time."
@@ -264,6 +271,7 @@ mod tests {
             (upstream(UpstreamFailure::ResponseTimeout), 504, "timeout"),
             (GatewayError::Overloaded, 503, "transient"),
             (GatewayError::ShuttingDown, 503, "transient"),
+            (GatewayError::AuditUnavailable, 503, "transient"),
             (GatewayError::HeaderTooLarge, 431, "too-long"),
             (
                 GatewayError::RateLimited {

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method};
 
+use crate::audit::{Auditor, ExchangeAudit};
+
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -62,6 +64,20 @@ pub struct ExchangeRecord {
     pub bytes_in: ByteCounter,
     pub bytes_out: u64,
     pub outcome: Outcome,
+    /// Set when the audit trail is on: what only the audit record needs.
+    pub audit: Option<AuditContext>,
+}
+
+/// The parts of an exchange only its AuditEvent needs, collected while it runs.
+#[derive(Debug)]
+pub struct AuditContext {
+    pub auditor: Auditor,
+    /// Start, Unix milliseconds (the audit's single time source).
+    pub started_ms: i64,
+    pub private_path: Option<String>,
+    pub below_base: Option<String>,
+    pub query: Option<String>,
+    pub token_fingerprint: Option<String>,
 }
 
 impl Drop for ExchangeRecord {
@@ -87,5 +103,25 @@ impl Drop for ExchangeRecord {
             outcome = self.outcome.label(),
             "exchange"
         );
+        if let Some(audit) = self.audit.take() {
+            audit.auditor.exchange(ExchangeAudit {
+                started_ms: audit.started_ms,
+                ended_ms: audit.started_ms + self.started.elapsed().as_millis() as i64,
+                method: self.method.to_string(),
+                public_path: std::mem::take(&mut self.path),
+                private_path: audit.private_path,
+                below_base: audit.below_base,
+                query: audit.query,
+                route: self.route.as_deref().map(str::to_owned),
+                request_id: self.request_id.to_str().unwrap_or("-").to_owned(),
+                status: self.status,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.bytes_out,
+                peer: self.peer.ip(),
+                outcome: self.outcome,
+                upstream,
+                token_fingerprint: audit.token_fingerprint,
+            });
+        }
     }
 }

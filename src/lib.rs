@@ -16,6 +16,7 @@
 //! | route table: host + segment-boundary longest prefix, dot-segments | [`route`] |
 //! | hop-by-hop, `Host`, `Forwarded`/`Via`, request id | [`headers`] |
 //! | pooled TLS clients per route, timeouts, failure classification | [`upstream`] |
+//! | the audit trail: FHIR AuditEvents, HMAC-chained, never lost | [`audit`] |
 //! | streaming bodies both ways, counted | [`body`] |
 //! | the record of one exchange, reported when it ends | [`exchange`] |
 //! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
@@ -32,6 +33,7 @@
 // start, never per request, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod audit;
 pub mod body;
 pub mod check;
 pub mod clock;

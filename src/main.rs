@@ -52,6 +52,28 @@ enum Command {
         #[arg(long, default_value_t = 8443)]
         port: u16,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the HMAC chain of an audit file: "OK N records", or the first line that
+    /// breaks it (exit 1).
+    Verify {
+        /// The audit file (NDJSON).
+        file: PathBuf,
+        /// The key file named by `[audit] key_file`.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The chain value the file starts from, for a segment after a rotation: the
+        /// `chain` of the previous segment's last line. Default: the start of a chain.
+        #[arg(long)]
+        previous: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +84,14 @@ fn main() -> ExitCode {
             run(&cli.config, cli.log_format)
         }
         Command::Check { probe, format } => check(&cli.config, probe, format),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    key_file,
+                    previous,
+                },
+        } => audit_verify(&file, &key_file, previous.as_deref()),
         Command::Dev { port } => {
             logging::init(cli.log_format);
             dev(port)
@@ -108,6 +138,58 @@ fn check(path: &Path, probe: bool, format: ReportFormat) -> ExitCode {
     }
 }
 
+fn audit_verify(file: &Path, key_file: &Path, previous: Option<&str>) -> ExitCode {
+    use fhirgate::audit::{AuditKey, Verdict, parse_chain, verify};
+    let key = match std::fs::read(key_file) {
+        Ok(bytes) => match AuditKey::from_bytes(bytes) {
+            Ok(key) => key,
+            Err(len) => {
+                eprintln!(
+                    "error: {}: the key has {len} bytes; audit keys have at least 32",
+                    key_file.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(error) => {
+            eprintln!(
+                "error: {}: cannot read the key: {error}",
+                key_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let start = match previous.map(parse_chain) {
+        None => [0; 32],
+        Some(Some(chain)) => chain,
+        Some(None) => {
+            eprintln!("error: --previous must be the 64 hex digits of a chain value");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reader = match std::fs::File::open(file) {
+        Ok(f) => std::io::BufReader::new(f),
+        Err(error) => {
+            eprintln!("error: {}: cannot read: {error}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match verify(reader, &key, start) {
+        Ok(Verdict::Ok { records }) => {
+            println!("OK {records} records");
+            ExitCode::SUCCESS
+        }
+        Ok(Verdict::Broken { line, why }) => {
+            println!("{}:{line}: {why}", file.display());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("error: {}: {error}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// One worker per CPU the process may run on (tokio reads the affinity mask and honours
 /// TOKIO_WORKER_THREADS), so `taskset -c 1 fhirgate run` uses one.
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -141,8 +223,12 @@ fn dev(port: u16) -> ExitCode {
             environment.instructions().as_bytes(),
         );
         shutdown_signal().await;
-        tracing::info!("stopping");
-        environment.stop().await;
+        tracing::info!("stopping: draining the gateway, then removing the temporary folder");
+        tokio::select! {
+            () = environment.stop() => {}
+            // The environment is dropped with the future: the folder still goes.
+            () = shutdown_signal() => tracing::warn!("second signal: exiting at once"),
+        }
         ExitCode::SUCCESS
     })
 }
@@ -161,6 +247,13 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
+    let audit = match &config.audit {
+        Some(audit) => match &audit.sink {
+            fhirgate::config::AuditSink::File(path) => path.display().to_string(),
+            fhirgate::config::AuditSink::Stdout => "stdout".to_owned(),
+        },
+        None => "not configured".to_owned(),
+    };
     runtime.block_on(async {
         let gateway = match Gateway::start(config).await {
             Ok(gateway) => gateway,
@@ -173,10 +266,21 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             config = %path.display(),
             log = %format!("stderr ({})", log_format_name(log_format)),
-            audit = "not configured",
+            audit = %audit,
             "fhirgate started"
         );
-        shutdown_signal().await;
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = hangup() => {
+                    // logrotate has moved the file: write a new one, continuing the chain.
+                    tracing::info!("SIGHUP: reopening the audit file");
+                    gateway.reopen_audit();
+                }
+            }
+        }
         tracing::info!("shutting down: no new connections, draining exchanges in flight");
         tokio::select! {
             () = gateway.shutdown() => {}
@@ -184,6 +288,19 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Resolves on the next SIGHUP (never on systems without it).
+async fn hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            hup.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Resolves on SIGTERM (container stop) or SIGINT (Ctrl-C).

@@ -15,10 +15,12 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
+use crate::audit::Auditor;
 use crate::body::{RequestBody, ResponseBody};
+use crate::clock;
 use crate::config::Config;
 use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format};
-use crate::exchange::{ByteCounter, ExchangeRecord, Outcome, Responder};
+use crate::exchange::{AuditContext, ByteCounter, ExchangeRecord, Outcome, Responder};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::route::{self, RouteTable};
 use crate::tls::UpstreamTrustError;
@@ -39,6 +41,8 @@ pub struct Snapshot {
     table: RouteTable,
     /// Indexed by [`route::RouteMatch::index`].
     routes: Vec<RouteState>,
+    /// The audit trail, when configured; started by the server, not by `check`.
+    pub audit: Option<Auditor>,
 }
 
 struct RouteState {
@@ -64,6 +68,7 @@ impl Snapshot {
         Ok(Snapshot {
             table: RouteTable::new(&config.routes),
             routes,
+            audit: None,
         })
     }
 
@@ -107,6 +112,9 @@ impl Snapshot {
             .ok_or(GatewayError::NoRoute)?;
         let route = &self.routes[matched.index];
         record.route = Some(route.name.clone());
+        if let Some(audit) = &mut record.audit {
+            audit.below_base = Some(matched.remainder.to_owned());
+        }
 
         // 4. Rewrite: upstream URI, hop-by-hop fields, Forwarded/Via, request id.
         let target = route::upstream_path_and_query(
@@ -115,6 +123,9 @@ impl Snapshot {
             parts.uri.query(),
         );
         let uri = route.upstream.uri(&target)?;
+        if let Some(audit) = &mut record.audit {
+            audit.private_path = Some(uri.path().to_owned());
+        }
         let accepts_trailers = headers::accepts_trailers(&parts.headers);
         headers::remove_hop_by_hop(&mut parts.headers);
         if route.forwarded {
@@ -139,6 +150,16 @@ impl Snapshot {
             .send(Request::from_parts(parts, body), body_sent)
             .await
     }
+}
+
+/// The access token of an `Authorization: Bearer …` or `Authorization: DPoP …` request
+/// (RFC 6750, RFC 9449), for its keyed fingerprint in the audit record.
+fn token(headers: &http::HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    (scheme.eq_ignore_ascii_case(b"bearer") || scheme.eq_ignore_ascii_case(b"dpop"))
+        .then(|| token.trim_ascii())
+        .filter(|t| !t.is_empty())
 }
 
 /// Removes `Host`, refusing a request that carries more than one (RFC 9112 §3.2).
@@ -176,7 +197,27 @@ pub async fn handle(
         bytes_in: ByteCounter::default(),
         bytes_out: 0,
         outcome: Outcome::ClientAborted,
+        audit: None,
     };
+    if let Some(auditor) = &snapshot.audit {
+        // Records are never dropped: while the audit queue is full this waits, and while
+        // the sink cannot be written (on_failure = "refuse") the exchange is refused.
+        if !auditor.admit().await {
+            return gateway_response(&GatewayError::AuditUnavailable, format, record);
+        }
+        record.audit = Some(AuditContext {
+            auditor: auditor.clone(),
+            started_ms: clock::unix_now_ms(),
+            private_path: None,
+            below_base: None,
+            query: parts
+                .uri
+                .query()
+                .filter(|_| auditor.records_query())
+                .map(str::to_owned),
+            token_fingerprint: token(&parts.headers).map(|t| auditor.fingerprint(t)),
+        });
+    }
     match snapshot
         .forward(conn, parts, body, &request_id, &mut record)
         .await
@@ -241,6 +282,7 @@ fn reason(error: &GatewayError) -> &'static str {
         },
         GatewayError::Overloaded => "overloaded",
         GatewayError::ShuttingDown => "shutting-down",
+        GatewayError::AuditUnavailable => "audit-unavailable",
         GatewayError::HeaderTooLarge => "header-too-large",
         GatewayError::RateLimited { .. } => "rate-limited",
         GatewayError::Internal(_) => "internal",

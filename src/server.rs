@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::audit::{AuditError, AuditKey, Auditor, SecurityAudit};
 use crate::config::{Config, Limits};
 use crate::limits::{ConnectionLimits, ConnectionPermit};
 use crate::proxy::{self, ConnectionInfo, Snapshot};
@@ -28,6 +29,8 @@ pub struct Gateway {
     stop: watch::Sender<bool>,
     /// One task per listener; each ends once its connections have drained.
     listeners: JoinSet<()>,
+    /// Flushed after the listeners have drained.
+    audit: Option<Auditor>,
 }
 
 /// Why the gateway could not start.
@@ -37,6 +40,8 @@ pub enum StartError {
     ListenerTls(#[from] TlsFileError),
     #[error(transparent)]
     Upstream(#[from] UpstreamTrustError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("listener {listener:?}: cannot bind {addr}")]
     Bind {
         listener: String,
@@ -60,6 +65,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         .map(|l| tls::listener_tls(&config.file, l))
         .collect::<Result<Vec<_>, _>>()?;
     let snapshot = Snapshot::build(config)?;
+    if let Some(audit) = &config.audit {
+        // Only the key is checked here; the sink is opened when serving starts.
+        AuditKey::load(&config.file, &audit.key_file)?;
+    }
     Ok(Prepared {
         snapshot,
         listeners,
@@ -70,7 +79,15 @@ impl Gateway {
     /// Loads every certificate and trust anchor, binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let prepared = prepare(&config)?;
-        let snapshot = Arc::new(prepared.snapshot);
+        let mut snapshot = prepared.snapshot;
+        match &config.audit {
+            Some(audit) => snapshot.audit = Some(Auditor::start(&config.file, audit)?),
+            None => {
+                tracing::warn!("no [audit] section: exchanges are not recorded in an audit trail")
+            }
+        }
+        let audit = snapshot.audit.clone();
+        let snapshot = Arc::new(snapshot);
         for route in config.routes.iter().filter(|r| !r.upstream.tls) {
             tracing::warn!(route = %route.name, upstream = %route.upstream.text,
                 "plaintext upstream: exchanges on this route leave the gateway unencrypted (allow_plaintext_upstream = true)");
@@ -129,6 +146,7 @@ impl Gateway {
             listeners.spawn(listener.run(socket, stopped.clone(), config.shutdown.grace));
         }
         Ok(Gateway {
+            audit,
             addrs,
             stop,
             listeners,
@@ -143,10 +161,20 @@ impl Gateway {
             .map(|(_, a)| *a)
     }
 
+    /// Reopens the audit file (SIGHUP, after logrotate moved it).
+    pub fn reopen_audit(&self) {
+        if let Some(audit) = &self.audit {
+            audit.reopen();
+        }
+    }
+
     /// Stops accepting, lets in-flight exchanges finish within the configured grace, returns.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.listeners.join_next().await.is_some() {}
+        if let Some(audit) = &self.audit {
+            audit.close().await;
+        }
     }
 }
 
@@ -223,6 +251,19 @@ impl Listener {
         }
     }
 
+    /// A separate security record for a refused handshake, so attacks are visible.
+    fn audit_refusal(&self, peer: SocketAddr, sni: Option<&str>, reason: String) {
+        if let Some(audit) = &self.snapshot.audit {
+            audit.security(SecurityAudit {
+                at_ms: crate::clock::unix_now_ms(),
+                peer,
+                listener: self.name.to_string(),
+                sni: sni.map(str::to_owned),
+                reason,
+            });
+        }
+    }
+
     /// One connection: TLS handshake (SNI checked before a certificate is chosen), then HTTP.
     async fn serve(
         &self,
@@ -238,10 +279,20 @@ impl Listener {
             Ok(Ok(start)) => start,
             Ok(Err(error)) => {
                 tracing::debug!(listener = %self.name, %peer, %error, "TLS handshake failed before ClientHello");
+                // A connection closed before a ClientHello is a port probe or a load
+                // balancer's TCP health check, not worth a security record.
+                if error.kind() != std::io::ErrorKind::UnexpectedEof {
+                    self.audit_refusal(peer, None, format!("no valid ClientHello: {error}"));
+                }
                 return;
             }
             Err(_) => {
                 tracing::debug!(listener = %self.name, %peer, "TLS handshake timed out");
+                self.audit_refusal(
+                    peer,
+                    None,
+                    "no ClientHello within tls_handshake_timeout".into(),
+                );
                 return;
             }
         };
@@ -254,6 +305,11 @@ impl Listener {
         {
             // RFC 6066 §3: refuse rather than show one tenant's certificate for another name.
             tracing::info!(listener = %self.name, %peer, sni = %name, "TLS refused: no certificate for this server name");
+            self.audit_refusal(
+                peer,
+                Some(name),
+                "unrecognized_name: no certificate for this server name".into(),
+            );
             let mut io = start.io;
             let _ = io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
             let _ = io.shutdown().await;
@@ -268,10 +324,16 @@ impl Listener {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
                 tracing::info!(listener = %self.name, %peer, %error, "TLS handshake failed");
+                self.audit_refusal(peer, sni.as_deref(), format!("handshake failed: {error}"));
                 return;
             }
             Err(_) => {
                 tracing::info!(listener = %self.name, %peer, "TLS handshake timed out");
+                self.audit_refusal(
+                    peer,
+                    sni.as_deref(),
+                    "handshake not finished within tls_handshake_timeout".into(),
+                );
                 return;
             }
         };
