@@ -31,6 +31,7 @@ fn check_example(name: &str) -> (bool, String) {
         std::fs::write(certs_dir.join(format!("{file}.key")), &leaf.key_pem).unwrap();
     }
     std::fs::write(certs_dir.join("private-ca.pem"), &pki.private_ca.pem).unwrap();
+    std::fs::write(certs_dir.join("audit.key"), [7u8; 32]).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fhirgate"))
         .args(["check", "--config"])
         .arg(config_dir.join(name))
