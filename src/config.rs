@@ -26,6 +26,16 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The audit trail; `None` when the file has no `[audit]` section.
     pub audit: Option<AuditConfig>,
+    /// The admin listener; `None` when the file has no `[admin]` section.
+    pub admin: Option<AdminConfig>,
+    /// SHA-256 of the file's text (hex, 16 digits), to tell which configuration is loaded.
+    pub hash: String,
+}
+
+/// `[admin]`: plain-HTTP health and metrics endpoints, never on a public listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
 }
 
 /// `[audit]`: one FHIR AuditEvent per exchange, chained with an HMAC.
@@ -229,8 +239,6 @@ struct RawConfig {
     #[serde(default)]
     shutdown: RawShutdown,
     audit: Option<RawAudit>,
-    /// As `audit`: accepted and checked; the admin listener is not built yet.
-    #[allow(dead_code)]
     admin: Option<RawAdmin>,
 }
 
@@ -295,9 +303,8 @@ struct RawAudit {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // Parsed so that a file written for the whole contract is accepted.
 struct RawAdmin {
-    bind: Option<String>,
+    bind: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -521,7 +528,19 @@ impl Validator<'_> {
             )?,
         };
         let audit = raw.audit.as_ref().map(|a| self.audit(a)).transpose()?;
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|a| self.admin(a, &listeners))
+            .transpose()?;
+        let hash = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(self.text.as_bytes());
+            digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        };
         Ok(Config {
+            admin,
+            hash,
             file: self.file.to_path_buf(),
             listeners,
             routes,
@@ -529,6 +548,37 @@ impl Validator<'_> {
             shutdown,
             audit,
         })
+    }
+
+    fn admin(
+        &self,
+        raw: &RawAdmin,
+        listeners: &[ListenerConfig],
+    ) -> Result<AdminConfig, ConfigError> {
+        let Some(bind) = raw.bind.as_ref() else {
+            return Ok(AdminConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            });
+        };
+        let addr = bind.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.error(
+                "admin.bind",
+                Some(bind.span()),
+                format!(
+                    "{:?} is not a socket address; write IP:PORT, e.g. \"127.0.0.1:9901\"",
+                    bind.get_ref()
+                ),
+            )
+        })?;
+        // Plain HTTP with metrics must never share a socket with the public TLS listeners.
+        if addr.port() != 0 && listeners.iter().any(|l| l.bind.port() == addr.port()) {
+            return Err(self.error(
+                "admin.bind",
+                Some(bind.span()),
+                format!("{addr} uses the port of a public listener; give the admin listener its own, private port"),
+            ));
+        }
+        Ok(AdminConfig { bind: addr })
     }
 
     fn audit(&self, raw: &RawAudit) -> Result<AuditConfig, ConfigError> {

@@ -13,6 +13,7 @@ use std::time::Instant;
 use http::{HeaderValue, Method};
 
 use crate::audit::{Auditor, ExchangeAudit};
+use crate::metrics::{ExchangeLabels, Metrics, Name, RouteLabels};
 
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,7 @@ pub struct ExchangeRecord {
     pub outcome: Outcome,
     /// Set when the audit trail is on: what only the audit record needs.
     pub audit: Option<AuditContext>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The parts of an exchange only its AuditEvent needs, collected while it runs.
@@ -78,6 +80,33 @@ pub struct AuditContext {
     pub below_base: Option<String>,
     pub query: Option<String>,
     pub token_fingerprint: Option<String>,
+}
+
+impl ExchangeRecord {
+    fn count(&self, seconds: f64) {
+        let route = Name(self.route.clone().unwrap_or_else(|| Arc::from("-")));
+        self.metrics
+            .exchanges
+            .get_or_create(&ExchangeLabels {
+                route: route.clone(),
+                method: self.method.to_string(),
+                status: self.status,
+            })
+            .inc();
+        let labels = RouteLabels { route };
+        self.metrics
+            .exchange_duration
+            .get_or_create(&labels)
+            .observe(seconds);
+        self.metrics
+            .bytes_received
+            .get_or_create(&labels)
+            .inc_by(self.bytes_in.load(Ordering::Relaxed));
+        self.metrics
+            .bytes_sent
+            .get_or_create(&labels)
+            .inc_by(self.bytes_out);
+    }
 }
 
 impl Drop for ExchangeRecord {
@@ -103,6 +132,7 @@ impl Drop for ExchangeRecord {
             outcome = self.outcome.label(),
             "exchange"
         );
+        self.count(duration_ms / 1000.0);
         if let Some(audit) = self.audit.take() {
             audit.auditor.exchange(ExchangeAudit {
                 started_ms: audit.started_ms,

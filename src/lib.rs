@@ -24,6 +24,8 @@
 //! | `fhirgate check`: chains, expiry, coverage, upstream probes | [`check`] |
 //! | the one time source: Unix time, RFC 3339 UTC | [`clock`] |
 //! | human or JSON log lines | [`logging`] |
+//! | Prometheus metrics | [`metrics`] |
+//! | admin listener: /healthz, /readyz, /metrics | [`admin`] |
 //! | `fhirgate dev`: throw-away PKI, sample destination, gateway | [`dev`], [`sample`] |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library, so
@@ -33,6 +35,7 @@
 // start, never per request, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod check;
@@ -44,6 +47,7 @@ pub mod exchange;
 pub mod headers;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod sample;

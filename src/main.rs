@@ -52,6 +52,12 @@ enum Command {
         #[arg(long, default_value_t = 8443)]
         port: u16,
     },
+    /// Ask the admin listener's /readyz (for container health checks); exit 0 when ready.
+    Health {
+        /// The admin listener's address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -92,6 +98,21 @@ fn main() -> ExitCode {
                     previous,
                 },
         } => audit_verify(&file, &key_file, previous.as_deref()),
+        Command::Health { admin } => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(fhirgate::admin::check_ready(admin)) {
+                Ok(()) => {
+                    println!("ready");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("not ready: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Dev { port } => {
             logging::init(cli.log_format);
             dev(port)

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format};
 use crate::exchange::{AuditContext, ByteCounter, ExchangeRecord, Outcome, Responder};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::{FailureLabels, Metrics, Name};
 use crate::route::{self, RouteTable};
 use crate::tls::UpstreamTrustError;
 use crate::upstream::Upstream;
@@ -43,6 +44,8 @@ pub struct Snapshot {
     routes: Vec<RouteState>,
     /// The audit trail, when configured; started by the server, not by `check`.
     pub audit: Option<Auditor>,
+    /// The gateway's metrics (they outlive any one configuration).
+    pub metrics: Arc<Metrics>,
 }
 
 struct RouteState {
@@ -69,6 +72,7 @@ impl Snapshot {
             table: RouteTable::new(&config.routes),
             routes,
             audit: None,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -198,6 +202,7 @@ pub async fn handle(
         bytes_out: 0,
         outcome: Outcome::ClientAborted,
         audit: None,
+        metrics: snapshot.metrics.clone(),
     };
     if let Some(auditor) = &snapshot.audit {
         // Records are never dropped: while the audit queue is full this waits, and while
@@ -259,6 +264,17 @@ fn gateway_response(
     }
     record.status = status.as_u16();
     record.responder = Responder::Gateway(reason(error));
+    if let GatewayError::Upstream { kind, .. } = error {
+        let route = record.route.clone().unwrap_or_else(|| Arc::from("-"));
+        record
+            .metrics
+            .upstream_failures
+            .get_or_create(&FailureLabels {
+                route: Name(route),
+                kind: kind.label(),
+            })
+            .inc();
+    }
     let (mut parts, bytes) = response.into_parts();
     parts
         .headers

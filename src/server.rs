@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -16,9 +17,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::admin::{self, AdminState, Readiness};
 use crate::audit::{AuditError, AuditKey, Auditor, SecurityAudit};
 use crate::config::{Config, Limits};
 use crate::limits::{ConnectionLimits, ConnectionPermit};
+use crate::metrics::{
+    CertificateLabels, ConfigLabels, ConnectionLabels, HandshakeFailureLabels, ListenerLabels, Name,
+};
 use crate::proxy::{self, ConnectionInfo, Snapshot};
 use crate::tls::{self, ListenerTls, TlsFileError, UNRECOGNIZED_NAME_ALERT, UpstreamTrustError};
 
@@ -31,6 +36,12 @@ pub struct Gateway {
     listeners: JoinSet<()>,
     /// Flushed after the listeners have drained.
     audit: Option<Auditor>,
+    /// Read by `/readyz`; `draining` is set first thing at shutdown.
+    readiness: Arc<Readiness>,
+    /// The admin listener's address, when there is one.
+    admin_addr: Option<SocketAddr>,
+    /// Stops the admin listener, last: `/readyz` answers "draining" throughout the drain.
+    admin_stop: watch::Sender<bool>,
 }
 
 /// Why the gateway could not start.
@@ -42,6 +53,12 @@ pub enum StartError {
     Upstream(#[from] UpstreamTrustError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("admin: cannot bind {addr}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listener {listener:?}: cannot bind {addr}")]
     Bind {
         listener: String,
@@ -87,7 +104,15 @@ impl Gateway {
             }
         }
         let audit = snapshot.audit.clone();
+        let metrics = snapshot.metrics.clone();
+        metrics
+            .config_info
+            .get_or_create(&ConfigLabels {
+                hash: config.hash.clone(),
+            })
+            .set(1);
         let snapshot = Arc::new(snapshot);
+        let readiness = Arc::new(Readiness::default());
         for route in config.routes.iter().filter(|r| !r.upstream.tls) {
             tracing::warn!(route = %route.name, upstream = %route.upstream.text,
                 "plaintext upstream: exchanges on this route leave the gateway unencrypted (allow_plaintext_upstream = true)");
@@ -134,6 +159,15 @@ impl Gateway {
                 })
                 .collect();
             tracing::info!(listener = %cfg.name, %addr, certificates = %certificates.join(", "), "listening");
+            for certificate in tls.resolver.certificates() {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&CertificateLabels {
+                        listener: Name(Arc::from(cfg.name.as_str())),
+                        name: certificate.names.first().cloned().unwrap_or_default(),
+                    })
+                    .set(certificate.not_after);
+            }
             addrs.push((cfg.name.clone(), addr));
             let listener = Listener {
                 name: Arc::from(cfg.name.as_str()),
@@ -145,7 +179,37 @@ impl Gateway {
             };
             listeners.spawn(listener.run(socket, stopped.clone(), config.shutdown.grace));
         }
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        let admin_addr = match &config.admin {
+            Some(admin) => {
+                let socket = TcpListener::bind(admin.bind).await.map_err(|source| {
+                    StartError::AdminBind {
+                        addr: admin.bind,
+                        source,
+                    }
+                })?;
+                let addr = socket
+                    .local_addr()
+                    .map_err(|source| StartError::AdminBind {
+                        addr: admin.bind,
+                        source,
+                    })?;
+                tracing::info!(%addr, "admin listener: /healthz /readyz /metrics (plain HTTP)");
+                let state = AdminState {
+                    metrics: metrics.clone(),
+                    readiness: readiness.clone(),
+                    audit: audit.clone(),
+                };
+                tokio::spawn(admin::serve(socket, state, admin_stopped));
+                Some(addr)
+            }
+            None => None,
+        };
+        readiness.serving.store(true, Ordering::Relaxed);
         Ok(Gateway {
+            admin_stop,
+            readiness,
+            admin_addr,
             audit,
             addrs,
             stop,
@@ -161,6 +225,11 @@ impl Gateway {
             .map(|(_, a)| *a)
     }
 
+    /// The admin listener's address (useful with port 0).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Reopens the audit file (SIGHUP, after logrotate moved it).
     pub fn reopen_audit(&self) {
         if let Some(audit) = &self.audit {
@@ -170,11 +239,15 @@ impl Gateway {
 
     /// Stops accepting, lets in-flight exchanges finish within the configured grace, returns.
     pub async fn shutdown(mut self) {
+        // Readiness fails first, so load balancers stop sending before anything closes.
+        self.readiness.draining.store(true, Ordering::Relaxed);
+        self.readiness.serving.store(false, Ordering::Relaxed);
         let _ = self.stop.send(true);
         while self.listeners.join_next().await.is_some() {}
         if let Some(audit) = &self.audit {
             audit.close().await;
         }
+        let _ = self.admin_stop.send(true);
     }
 }
 
@@ -251,15 +324,35 @@ impl Listener {
         }
     }
 
-    /// A separate security record for a refused handshake, so attacks are visible.
-    fn audit_refusal(&self, peer: SocketAddr, sni: Option<&str>, reason: String) {
+    /// Counts a refused handshake and, for what may be an attack, writes a separate
+    /// security record so it is visible in the audit trail.
+    fn handshake_refused(
+        &self,
+        peer: SocketAddr,
+        sni: Option<&str>,
+        reason: &'static str,
+        detail: String,
+    ) {
+        self.snapshot
+            .metrics
+            .tls_handshake_failures
+            .get_or_create(&HandshakeFailureLabels {
+                listener: Name(self.name.clone()),
+                reason,
+            })
+            .inc();
+        // A connection closed before a ClientHello is a port probe or a load balancer's TCP
+        // health check, not worth a security record.
+        if reason == "closed" {
+            return;
+        }
         if let Some(audit) = &self.snapshot.audit {
             audit.security(SecurityAudit {
                 at_ms: crate::clock::unix_now_ms(),
                 peer,
                 listener: self.name.to_string(),
                 sni: sni.map(str::to_owned),
-                reason,
+                reason: detail,
             });
         }
     }
@@ -279,18 +372,25 @@ impl Listener {
             Ok(Ok(start)) => start,
             Ok(Err(error)) => {
                 tracing::debug!(listener = %self.name, %peer, %error, "TLS handshake failed before ClientHello");
-                // A connection closed before a ClientHello is a port probe or a load
-                // balancer's TCP health check, not worth a security record.
-                if error.kind() != std::io::ErrorKind::UnexpectedEof {
-                    self.audit_refusal(peer, None, format!("no valid ClientHello: {error}"));
-                }
+                let reason = if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "closed"
+                } else {
+                    "not_tls"
+                };
+                self.handshake_refused(
+                    peer,
+                    None,
+                    reason,
+                    format!("no valid ClientHello: {error}"),
+                );
                 return;
             }
             Err(_) => {
                 tracing::debug!(listener = %self.name, %peer, "TLS handshake timed out");
-                self.audit_refusal(
+                self.handshake_refused(
                     peer,
                     None,
+                    "timeout",
                     "no ClientHello within tls_handshake_timeout".into(),
                 );
                 return;
@@ -305,9 +405,10 @@ impl Listener {
         {
             // RFC 6066 §3: refuse rather than show one tenant's certificate for another name.
             tracing::info!(listener = %self.name, %peer, sni = %name, "TLS refused: no certificate for this server name");
-            self.audit_refusal(
+            self.handshake_refused(
                 peer,
                 Some(name),
+                "unrecognized_name",
                 "unrecognized_name: no certificate for this server name".into(),
             );
             let mut io = start.io;
@@ -324,19 +425,48 @@ impl Listener {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
                 tracing::info!(listener = %self.name, %peer, %error, "TLS handshake failed");
-                self.audit_refusal(peer, sni.as_deref(), format!("handshake failed: {error}"));
+                self.handshake_refused(
+                    peer,
+                    sni.as_deref(),
+                    "handshake",
+                    format!("handshake failed: {error}"),
+                );
                 return;
             }
             Err(_) => {
                 tracing::info!(listener = %self.name, %peer, "TLS handshake timed out");
-                self.audit_refusal(
+                self.handshake_refused(
                     peer,
                     sni.as_deref(),
+                    "timeout",
                     "handshake not finished within tls_handshake_timeout".into(),
                 );
                 return;
             }
         };
+        let metrics = &self.snapshot.metrics;
+        metrics
+            .tls_handshakes
+            .get_or_create(&ListenerLabels {
+                listener: Name(self.name.clone()),
+            })
+            .inc();
+        let protocol = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => "h2",
+            _ => "http/1.1",
+        };
+        let open = metrics
+            .open_connections
+            .get_or_create(&ConnectionLabels {
+                listener: Name(self.name.clone()),
+                protocol,
+            })
+            .clone();
+        open.inc();
+        // Decremented however the connection ends.
+        let _open = OnDrop(move || {
+            open.dec();
+        });
         let info = Arc::new(ConnectionInfo {
             listener: self.name.clone(),
             peer,
@@ -355,5 +485,14 @@ impl Listener {
         if let Err(error) = watcher.watch(connection).await {
             tracing::debug!(listener = %self.name, %peer, %error, "connection ended with an error");
         }
+    }
+}
+
+/// Runs a closure when dropped: keeps a gauge right however a connection ends.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }

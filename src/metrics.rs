@@ -1,0 +1,208 @@
+//! Prometheus metrics, kept with the `prometheus-client` crate (the Prometheus project's own
+//! Rust client: atomic counters, text exposition format) rather than hand-formatted.
+//!
+//! Names and labels are part of the contract (DESIGN.md); every gateway has its own
+//! [`Metrics`], shared by its listeners and exchanges and surviving configuration reloads.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label value shared with the route table, so labelling costs no string copy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ExchangeLabels {
+    pub route: Name,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub route: Name,
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HandshakeFailureLabels {
+    pub listener: Name,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub listener: Name,
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub listener: Name,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub hash: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms … ~33 s: FHIR reads to slow searches; bulk downloads land in +Inf.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric of one gateway.
+pub struct Metrics {
+    registry: Registry,
+    pub exchanges: Family<ExchangeLabels, Counter>,
+    pub exchange_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub bytes_received: Family<RouteLabels, Counter>,
+    pub bytes_sent: Family<RouteLabels, Counter>,
+    pub upstream_failures: Family<FailureLabels, Counter>,
+    pub tls_handshakes: Family<ListenerLabels, Counter>,
+    pub tls_handshake_failures: Family<HandshakeFailureLabels, Counter>,
+    pub open_connections: Family<ConnectionLabels, Gauge>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    pub config_info: Family<ConfigLabels, Gauge>,
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub audit_queue_depth: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            exchanges: Family::default(),
+            exchange_duration: Family::new_with_constructor(duration_histogram),
+            bytes_received: Family::default(),
+            bytes_sent: Family::default(),
+            upstream_failures: Family::default(),
+            tls_handshakes: Family::default(),
+            tls_handshake_failures: Family::default(),
+            open_connections: Family::default(),
+            config_reloads: Family::default(),
+            config_info: Family::default(),
+            certificate_expiry: Family::default(),
+            audit_queue_depth: Gauge::default(),
+            registry: Registry::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "fhirgate_exchanges",
+            "Exchanges by route, method and status",
+            m.exchanges.clone(),
+        );
+        registry.register(
+            "fhirgate_exchange_duration_seconds",
+            "Exchange duration, from request head to the end of the response body",
+            m.exchange_duration.clone(),
+        );
+        registry.register(
+            "fhirgate_request_body_bytes",
+            "Request body bytes received from clients",
+            m.bytes_received.clone(),
+        );
+        registry.register(
+            "fhirgate_response_body_bytes",
+            "Response body bytes sent to clients",
+            m.bytes_sent.clone(),
+        );
+        registry.register(
+            "fhirgate_upstream_failures",
+            "Failures reaching the upstream, by kind (refused, timeout, tls, broken)",
+            m.upstream_failures.clone(),
+        );
+        registry.register(
+            "fhirgate_tls_handshakes",
+            "Completed client TLS handshakes",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "fhirgate_tls_handshake_failures",
+            "Refused or failed client TLS handshakes, by reason",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "fhirgate_open_connections",
+            "Open client connections",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "fhirgate_config_reloads",
+            "Configuration reloads by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "fhirgate_config_info",
+            "The loaded configuration's hash (value 1)",
+            m.config_info.clone(),
+        );
+        registry.register(
+            "fhirgate_certificate_expiry_timestamp_seconds",
+            "notAfter of each listener certificate, Unix seconds",
+            m.certificate_expiry.clone(),
+        );
+        registry.register(
+            "fhirgate_audit_queue_depth",
+            "Audit records waiting to be written",
+            m.audit_queue_depth.clone(),
+        );
+        // Both results exist from the start, so a dashboard shows 0 rather than nothing.
+        for result in ["success", "failure"] {
+            m.config_reloads
+                .get_or_create(&ReloadLabels { result })
+                .inc_by(0);
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}

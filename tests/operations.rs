@@ -1,0 +1,291 @@
+//! Operations: the admin listener (/healthz, /readyz, /metrics), `fhirgate health`, and a
+//! graceful drain on SIGTERM with exchanges in flight.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use sha2::Digest;
+
+fn toml(destination_port: u16, bind: &str, admin: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "public"
+bind = "{bind}"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "dest-a"
+public_base = "https://{PUBLIC_HOST}/dest-a"
+upstream = "https://localhost:{destination_port}/fhir"
+upstream_ca = "private-ca.pem"
+[[routes]]
+name = "dead"
+public_base = "https://{PUBLIC_HOST}/dead"
+upstream = "https://localhost:{dead}/fhir"
+upstream_ca = "private-ca.pem"
+[shutdown]
+grace = "20s"
+[admin]
+bind = "{admin}"
+"#,
+        dead = free_port()
+    )
+}
+
+/// GET on the admin listener; (status, body).
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let gw = TestGateway::start(
+        &pki,
+        &toml(destination.addr.port(), "127.0.0.1:0", "127.0.0.1:0"),
+    )
+    .await;
+    let admin = gw
+        .gateway
+        .as_ref()
+        .unwrap()
+        .admin_addr()
+        .expect("admin listener");
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+
+    assert_eq!(admin_get(admin, "/healthz").await.0, 200);
+    assert_eq!(admin_get(admin, "/readyz").await, (200, "ready\n".into()));
+
+    for _ in 0..3 {
+        assert_eq!(
+            client.get("/dest-a/Patient/1", Proto::Http1).await.status(),
+            200
+        );
+    }
+    assert_eq!(client.get("/nowhere", Proto::Http2).await.status(), 404);
+    assert_eq!(client.get("/dead/x", Proto::Http1).await.status(), 502);
+    assert!(client.tls(Some("intruder.example.org"), &[]).await.is_err());
+    let held = client.connect(PUBLIC_HOST, Proto::Http2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, metrics) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"fhirgate_exchanges_total{route="dest-a",method="GET",status="200"} 3"#,
+        r#"fhirgate_exchanges_total{route="-",method="GET",status="404"} 1"#,
+        r#"fhirgate_exchanges_total{route="dead",method="GET",status="502"} 1"#,
+        r#"fhirgate_exchange_duration_seconds_count{route="dest-a"} 3"#,
+        r#"fhirgate_upstream_failures_total{route="dead",kind="refused"} 1"#,
+        r#"fhirgate_tls_handshake_failures_total{listener="public",reason="unrecognized_name"} 1"#,
+        r#"fhirgate_open_connections{listener="public",protocol="h2"} 1"#,
+        r#"fhirgate_certificate_expiry_timestamp_seconds{listener="public",name="fhir.example.org"} 4070908800"#,
+        r#"fhirgate_response_body_bytes_total{route="dest-a"} 105"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line}\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("fhirgate_tls_handshakes_total{listener=\"public\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fhirgate_config_info{hash=\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fhirgate_config_reloads_total{result=\"failure\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(admin_get(admin, "/other").await.0, 404);
+    drop(held);
+    gw.stop().await;
+}
+
+fn spawn(pki: &Pki, toml: &str) -> Child {
+    let config = pki.write("child.toml", toml);
+    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn health(admin: &str) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+        .args(["health", "--admin", admin])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_exchanges_in_flight_and_exits_zero() {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let (port, admin_port) = (free_port(), free_port());
+    let admin = format!("127.0.0.1:{admin_port}");
+    let mut child = spawn(
+        &pki,
+        &toml(
+            destination.addr.port(),
+            &format!("127.0.0.1:{port}"),
+            &admin,
+        ),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr).await;
+    wait_for_port(admin.parse().unwrap()).await;
+    assert!(
+        tokio::task::spawn_blocking({
+            let admin = admin.clone();
+            move || health(&admin)
+        })
+        .await
+        .unwrap()
+    );
+    let client = Client::new(&pki.public_ca.pem, addr);
+
+    // In flight: a 64 MiB download read slowly, an HTTP/1.1 request waiting for its answer,
+    // and an HTTP/2 connection.
+    const SIZE: u64 = 64 << 20;
+    let download = client
+        .get(&format!("/dest-a/download?bytes={SIZE}"), Proto::Http2)
+        .await;
+    let mut h1 = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    let slow = tokio::spawn(async move {
+        let response = h1.send(get("/dest-a/slow?ms=1500")).await.unwrap();
+        let close = response
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), close, text_of(response).await)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Readiness fails at once; new connections are not accepted.
+    let (status, body) = admin_get(admin.parse().unwrap(), "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
+    assert!(
+        !tokio::task::spawn_blocking(move || health(&admin))
+            .await
+            .unwrap()
+    );
+    assert!(
+        client.tls(Some(PUBLIC_HOST), &[]).await.is_err(),
+        "a new connection was accepted while draining"
+    );
+
+    // What was in flight finishes, byte-exact; HTTP/1.1 says the connection closes.
+    let mut body = download.into_body();
+    let mut hasher = sha2::Sha256::new();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the download completes during the drain");
+        if let Some(data) = frame.data_ref() {
+            received += data.len() as u64;
+            hasher.update(data);
+        }
+    }
+    assert_eq!(received, SIZE);
+    assert_eq!(hex(&hasher.finalize()), PatternBody::sha256(SIZE));
+    let (status, connection, text) = slow.await.unwrap();
+    assert_eq!((status, text.as_str()), (200, "slow"));
+    assert_eq!(connection.as_deref(), Some("close"));
+
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the gateway did not exit after draining")
+    });
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = spawn(
+        &pki,
+        &toml(
+            destination.addr.port(),
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{admin_port}"),
+        ),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr).await;
+    let client = Client::new(&pki.public_ca.pem, addr);
+    // An exchange that would hold the drain for its whole 20 s grace.
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    let _pending = tokio::spawn(async move { conn.send(get("/dest-a/slow?ms=15000")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited before the grace period without a second signal"
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let mut exited = false;
+    for _ in 0..40 {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "a second signal did not end the drain at once");
+}
