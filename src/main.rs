@@ -296,8 +296,10 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = hangup() => {
-                    // logrotate has moved the file: write a new one, continuing the chain.
-                    tracing::info!("SIGHUP: reopening the audit file");
+                    // SIGHUP: reload the configuration (the old one stays if the new one is
+                    // broken), and reopen the audit file logrotate may have moved.
+                    tracing::info!("SIGHUP: reloading the configuration and reopening the audit file");
+                    let _ = gateway.reload().await;
                     gateway.reopen_audit();
                 }
             }

@@ -1,10 +1,12 @@
 //! Listeners: bind, accept, TLS handshake under one deadline, HTTP/1.1 or HTTP/2 by ALPN
 //! (hyper-util's auto builder), and drain on shutdown.
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -14,26 +16,43 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
+
+use arc_swap::ArcSwap;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::audit::{AuditError, AuditKey, Auditor, SecurityAudit};
 use crate::config::{Config, Limits};
 use crate::limits::{ConnectionLimits, ConnectionPermit};
 use crate::metrics::{
-    CertificateLabels, ConfigLabels, ConnectionLabels, HandshakeFailureLabels, ListenerLabels, Name,
+    CertificateLabels, ConfigLabels, ConnectionLabels, HandshakeFailureLabels, ListenerLabels,
+    Metrics, Name, ReloadLabels,
 };
-use crate::proxy::{self, ConnectionInfo, Snapshot};
+use crate::proxy::{self, ConnectionInfo, ErrorChain, Snapshot};
 use crate::tls::{self, ListenerTls, TlsFileError, UNRECOGNIZED_NAME_ALERT, UpstreamTrustError};
 
 /// A running gateway: every listener of a [`Config`] bound and serving.
+///
+/// The configuration can be replaced while it runs ([`Gateway::reload`]): new connections
+/// and new exchanges use the new certificates and routes, exchanges in flight finish on the
+/// old ones, listeners are added and removed as the new file says.
 pub struct Gateway {
-    addrs: Vec<(String, SocketAddr)>,
-    /// Tells every accept loop to stop accepting and drain.
-    stop: watch::Sender<bool>,
-    /// One task per listener; each ends once its connections have drained.
-    listeners: JoinSet<()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The file reloads read.
+    config_file: PathBuf,
+    /// The routes, upstream clients and audit handle every new exchange uses.
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Running listeners by name.
+    listeners: Mutex<HashMap<String, RunningListener>>,
+    /// The running configuration's hash, for the config_info metric.
+    hash: Mutex<String>,
+    /// Serialises reloads (SIGHUP and the file watcher may ask at once).
+    reloading: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
     /// Flushed after the listeners have drained.
     audit: Option<Auditor>,
     /// Read by `/readyz`; `draining` is set first thing at shutdown.
@@ -42,6 +61,21 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     /// Stops the admin listener, last: `/readyz` answers "draining" throughout the drain.
     admin_stop: watch::Sender<bool>,
+    /// Stops the file watcher.
+    watch_stop: watch::Sender<bool>,
+    connection_limits: Arc<ConnectionLimits>,
+    limits: Limits,
+    grace: Duration,
+}
+
+/// A bound listener and how to change or stop it.
+struct RunningListener {
+    bind: SocketAddr,
+    addr: SocketAddr,
+    /// Swapped on reload: the next handshake uses the new certificates.
+    tls: Arc<ArcSwap<ListenerTls>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
 /// Why the gateway could not start.
@@ -53,6 +87,8 @@ pub enum StartError {
     Upstream(#[from] UpstreamTrustError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Config(#[from] Box<crate::config::ConfigError>),
     #[error("admin: cannot bind {addr}")]
     AdminBind {
         addr: SocketAddr,
@@ -111,74 +147,9 @@ impl Gateway {
                 hash: config.hash.clone(),
             })
             .set(1);
-        let snapshot = Arc::new(snapshot);
+        log_routes(&config);
         let readiness = Arc::new(Readiness::default());
-        for route in config.routes.iter().filter(|r| !r.upstream.tls) {
-            tracing::warn!(route = %route.name, upstream = %route.upstream.text,
-                "plaintext upstream: exchanges on this route leave the gateway unencrypted (allow_plaintext_upstream = true)");
-        }
-        let connection_limits = ConnectionLimits::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        );
-        for route in &config.routes {
-            tracing::info!(
-                route = %route.name,
-                public_base = %route.public_base_text,
-                upstream = %route.upstream.text,
-                listener = route.listener.as_deref().unwrap_or("(any)"),
-                "route"
-            );
-        }
-        let (stop, stopped) = watch::channel(false);
-        let mut addrs = Vec::new();
-        let mut listeners = JoinSet::new();
-        for (cfg, tls) in config.listeners.iter().zip(prepared.listeners) {
-            let socket = TcpListener::bind(cfg.bind)
-                .await
-                .map_err(|source| StartError::Bind {
-                    listener: cfg.name.clone(),
-                    addr: cfg.bind,
-                    source,
-                })?;
-            let addr = socket.local_addr().map_err(|source| StartError::Bind {
-                listener: cfg.name.clone(),
-                addr: cfg.bind,
-                source,
-            })?;
-            let certificates: Vec<String> = tls
-                .resolver
-                .certificates()
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{} (expires {})",
-                        c.names.join(" "),
-                        crate::clock::rfc3339(c.not_after)
-                    )
-                })
-                .collect();
-            tracing::info!(listener = %cfg.name, %addr, certificates = %certificates.join(", "), "listening");
-            for certificate in tls.resolver.certificates() {
-                metrics
-                    .certificate_expiry
-                    .get_or_create(&CertificateLabels {
-                        listener: Name(Arc::from(cfg.name.as_str())),
-                        name: certificate.names.first().cloned().unwrap_or_default(),
-                    })
-                    .set(certificate.not_after);
-            }
-            addrs.push((cfg.name.clone(), addr));
-            let listener = Listener {
-                name: Arc::from(cfg.name.as_str()),
-                tls,
-                snapshot: snapshot.clone(),
-                http: http_builder(&config.limits),
-                limits: config.limits.clone(),
-                connection_limits: connection_limits.clone(),
-            };
-            listeners.spawn(listener.run(socket, stopped.clone(), config.shutdown.grace));
-        }
+        let sockets = bind_listeners(&config, &HashMap::new()).await?;
         let (admin_stop, admin_stopped) = watch::channel(false);
         let admin_addr = match &config.admin {
             Some(admin) => {
@@ -205,49 +176,331 @@ impl Gateway {
             }
             None => None,
         };
-        readiness.serving.store(true, Ordering::Relaxed);
-        Ok(Gateway {
-            admin_stop,
+        let (watch_stop, watch_stopped) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            config_file: config.file.clone(),
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            listeners: Mutex::new(HashMap::new()),
+            hash: Mutex::new(config.hash.clone()),
+            reloading: tokio::sync::Mutex::new(()),
+            metrics,
+            audit,
             readiness,
             admin_addr,
-            audit,
-            addrs,
-            stop,
-            listeners,
-        })
+            admin_stop,
+            watch_stop,
+            connection_limits: ConnectionLimits::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            ),
+            limits: config.limits.clone(),
+            grace: config.shutdown.grace,
+        });
+        inner.apply_listeners(&config, prepared.listeners, sockets);
+        inner.readiness.serving.store(true, Ordering::Relaxed);
+        tokio::spawn(watch_files(
+            Arc::downgrade(&inner),
+            watched_files(&config),
+            watch_stopped,
+        ));
+        Ok(Gateway { inner })
     }
 
     /// The address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == listener)
-            .map(|(_, a)| *a)
+        lock(&self.inner.listeners).get(listener).map(|l| l.addr)
     }
 
     /// The admin listener's address (useful with port 0).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
+        self.inner.admin_addr
     }
 
     /// Reopens the audit file (SIGHUP, after logrotate moved it).
     pub fn reopen_audit(&self) {
-        if let Some(audit) = &self.audit {
+        if let Some(audit) = &self.inner.audit {
             audit.reopen();
         }
     }
 
+    /// Reads the configuration file again and, if it is entirely valid, switches to it.
+    /// If not, the running configuration stays, and the error is logged and counted.
+    pub async fn reload(&self) -> Result<(), StartError> {
+        self.inner.reload().await
+    }
+
     /// Stops accepting, lets in-flight exchanges finish within the configured grace, returns.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        let inner = &self.inner;
         // Readiness fails first, so load balancers stop sending before anything closes.
-        self.readiness.draining.store(true, Ordering::Relaxed);
-        self.readiness.serving.store(false, Ordering::Relaxed);
-        let _ = self.stop.send(true);
-        while self.listeners.join_next().await.is_some() {}
-        if let Some(audit) = &self.audit {
+        inner.readiness.draining.store(true, Ordering::Relaxed);
+        inner.readiness.serving.store(false, Ordering::Relaxed);
+        let _ = inner.watch_stop.send(true);
+        let running: Vec<RunningListener> =
+            lock(&inner.listeners).drain().map(|(_, l)| l).collect();
+        for listener in &running {
+            let _ = listener.stop.send(true);
+        }
+        for listener in running {
+            let _ = listener.task.await;
+        }
+        if let Some(audit) = &inner.audit {
             audit.close().await;
         }
-        let _ = self.admin_stop.send(true);
+        let _ = inner.admin_stop.send(true);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn log_routes(config: &Config) {
+    for route in &config.routes {
+        tracing::info!(
+            route = %route.name,
+            public_base = %route.public_base_text,
+            upstream = %route.upstream.text,
+            listener = route.listener.as_deref().unwrap_or("(any)"),
+            "route"
+        );
+        if !route.upstream.tls {
+            tracing::warn!(route = %route.name, upstream = %route.upstream.text,
+                "plaintext upstream: exchanges on this route leave the gateway unencrypted (allow_plaintext_upstream = true)");
+        }
+    }
+}
+
+/// Binds the sockets a configuration needs that are not already bound (same name and
+/// address), before anything is changed: a reload that cannot bind changes nothing.
+async fn bind_listeners(
+    config: &Config,
+    running: &HashMap<String, (SocketAddr, SocketAddr)>,
+) -> Result<HashMap<String, TcpListener>, StartError> {
+    let mut sockets = HashMap::new();
+    for cfg in &config.listeners {
+        if running
+            .get(&cfg.name)
+            .is_some_and(|(bind, _)| *bind == cfg.bind)
+        {
+            continue;
+        }
+        let socket = TcpListener::bind(cfg.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                listener: cfg.name.clone(),
+                addr: cfg.bind,
+                source,
+            })?;
+        sockets.insert(cfg.name.clone(), socket);
+    }
+    Ok(sockets)
+}
+
+impl Inner {
+    /// Makes the running listeners what `config` says: swaps certificates of listeners that
+    /// stay, starts new ones on `sockets`, drains the ones that are gone.
+    fn apply_listeners(
+        &self,
+        config: &Config,
+        tls: Vec<ListenerTls>,
+        mut sockets: HashMap<String, TcpListener>,
+    ) {
+        let mut running = lock(&self.listeners);
+        let wanted: HashSet<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        let gone: Vec<String> = running
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = running.remove(&name) {
+                tracing::info!(listener = %name, "listener removed: draining its connections");
+                let _ = old.stop.send(true);
+            }
+        }
+        for (cfg, tls) in config.listeners.iter().zip(tls) {
+            self.record_certificates(cfg, &tls);
+            if let Some(socket) = sockets.remove(&cfg.name) {
+                if let Some(old) = running.remove(&cfg.name) {
+                    let _ = old.stop.send(true);
+                }
+                let Ok(addr) = socket.local_addr() else {
+                    continue;
+                };
+                tracing::info!(listener = %cfg.name, %addr, certificates = %describe_certificates(&tls), "listening");
+                let tls = Arc::new(ArcSwap::from_pointee(tls));
+                let (stop, stopped) = watch::channel(false);
+                let listener = Listener {
+                    name: Arc::from(cfg.name.as_str()),
+                    tls: tls.clone(),
+                    snapshot: self.snapshot.clone(),
+                    metrics: self.metrics.clone(),
+                    http: http_builder(&self.limits),
+                    limits: self.limits.clone(),
+                    connection_limits: self.connection_limits.clone(),
+                };
+                let task = tokio::spawn(listener.run(socket, stopped, self.grace));
+                running.insert(
+                    cfg.name.clone(),
+                    RunningListener {
+                        bind: cfg.bind,
+                        addr,
+                        tls,
+                        stop,
+                        task,
+                    },
+                );
+            } else if let Some(existing) = running.get(&cfg.name) {
+                tracing::info!(listener = %cfg.name, certificates = %describe_certificates(&tls), "listener certificates replaced");
+                existing.tls.store(Arc::new(tls));
+            }
+        }
+    }
+
+    fn record_certificates(&self, cfg: &crate::config::ListenerConfig, tls: &ListenerTls) {
+        for certificate in tls.resolver.certificates() {
+            self.metrics
+                .certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    listener: Name(Arc::from(cfg.name.as_str())),
+                    name: certificate.names.first().cloned().unwrap_or_default(),
+                })
+                .set(certificate.not_after);
+        }
+    }
+
+    async fn reload(&self) -> Result<(), StartError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.try_reload().await;
+        let outcome = match &result {
+            Ok(()) => "success",
+            Err(error) => {
+                tracing::error!(error = %ErrorChain(error), "configuration reload failed; the running configuration stays");
+                "failure"
+            }
+        };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels { result: outcome })
+            .inc();
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), StartError> {
+        let config = Config::load(&self.config_file).map_err(Box::new)?;
+        let prepared = prepare(&config)?;
+        let running: HashMap<String, (SocketAddr, SocketAddr)> = lock(&self.listeners)
+            .iter()
+            .map(|(name, l)| (name.clone(), (l.bind, l.addr)))
+            .collect();
+        let sockets = bind_listeners(&config, &running).await?;
+        // Everything is loaded and bound: switch. Exchanges in flight keep the old snapshot.
+        let mut snapshot = prepared.snapshot;
+        snapshot.audit = self.audit.clone();
+        snapshot.metrics = self.metrics.clone();
+        if config.audit.is_some() != self.audit.is_some() {
+            tracing::warn!(
+                "[audit] was added or removed: that takes a restart; the audit trail is unchanged"
+            );
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        self.apply_listeners(&config, prepared.listeners, sockets);
+        let mut hash = lock(&self.hash);
+        let _ = self
+            .metrics
+            .config_info
+            .remove(&ConfigLabels { hash: hash.clone() });
+        self.metrics
+            .config_info
+            .get_or_create(&ConfigLabels {
+                hash: config.hash.clone(),
+            })
+            .set(1);
+        *hash = config.hash.clone();
+        log_routes(&config);
+        tracing::info!(hash = %config.hash, "configuration reloaded");
+        Ok(())
+    }
+}
+
+fn describe_certificates(tls: &ListenerTls) -> String {
+    tls.resolver
+        .certificates()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} (expires {})",
+                c.names.join(" "),
+                crate::clock::rfc3339(c.not_after)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every file a configuration depends on: the file itself, certificates, keys, trust anchors.
+fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.file.clone()];
+    for listener in &config.listeners {
+        for c in &listener.certificates {
+            files.push(c.cert.path.clone());
+            files.push(c.key.path.clone());
+        }
+    }
+    for route in &config.routes {
+        if let Some(ca) = &route.upstream_ca {
+            files.push(ca.path.clone());
+        }
+    }
+    files
+}
+
+/// What identifies a file's version: its modification time and length (and whether it is
+/// there at all). Polled, because inotify misses the symlink swaps of mounted secrets.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// How often the configuration and the files it names are checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reloads when the configuration file or a file it names changes. A broken version is
+/// tried once; the next change is tried again.
+async fn watch_files(
+    gateway: std::sync::Weak<Inner>,
+    mut files: Vec<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = fingerprint(&files);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = fingerprint(&files);
+        if now == seen {
+            continue;
+        }
+        let Some(inner) = gateway.upgrade() else {
+            return;
+        };
+        tracing::info!("configuration or certificate files changed: reloading");
+        // Files written in several steps settle first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if inner.reload().await.is_ok()
+            && let Ok(config) = Config::load(&inner.config_file)
+        {
+            files = watched_files(&config);
+        }
+        seen = fingerprint(&files);
     }
 }
 
@@ -276,8 +529,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// One bound listener and what its connections share.
 struct Listener {
     name: Arc<str>,
-    tls: ListenerTls,
-    snapshot: Arc<Snapshot>,
+    /// Loaded once per handshake, so a reload applies to the next connection.
+    tls: Arc<ArcSwap<ListenerTls>>,
+    /// Loaded once per exchange, so a reload applies to the next exchange.
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
     http: auto::Builder<TokioExecutor>,
     limits: Limits,
     /// Shared with the gateway's other listeners.
@@ -333,8 +589,7 @@ impl Listener {
         reason: &'static str,
         detail: String,
     ) {
-        self.snapshot
-            .metrics
+        self.metrics
             .tls_handshake_failures
             .get_or_create(&HandshakeFailureLabels {
                 listener: Name(self.name.clone()),
@@ -346,7 +601,7 @@ impl Listener {
         if reason == "closed" {
             return;
         }
-        if let Some(audit) = &self.snapshot.audit {
+        if let Some(audit) = &self.snapshot.load().audit {
             audit.security(SecurityAudit {
                 at_ms: crate::clock::unix_now_ms(),
                 peer,
@@ -396,12 +651,13 @@ impl Listener {
                 return;
             }
         };
+        let tls_config = self.tls.load_full();
         let sni = start
             .client_hello()
             .server_name()
             .map(|name| Box::<str>::from(name.to_ascii_lowercase()));
         if let Some(name) = &sni
-            && !self.tls.resolver.covers(name)
+            && !tls_config.resolver.covers(name)
         {
             // RFC 6066 §3: refuse rather than show one tenant's certificate for another name.
             tracing::info!(listener = %self.name, %peer, sni = %name, "TLS refused: no certificate for this server name");
@@ -418,7 +674,7 @@ impl Listener {
         }
         let tls = match tokio::time::timeout_at(
             deadline,
-            start.into_stream(self.tls.server_config.clone()),
+            start.into_stream(tls_config.server_config.clone()),
         )
         .await
         {
@@ -444,7 +700,7 @@ impl Listener {
                 return;
             }
         };
-        let metrics = &self.snapshot.metrics;
+        let metrics = &self.metrics;
         metrics
             .tls_handshakes
             .get_or_create(&ListenerLabels {
@@ -474,7 +730,8 @@ impl Listener {
         });
         let snapshot = self.snapshot.clone();
         let service = service_fn(move |request| {
-            let snapshot = snapshot.clone();
+            // Each exchange runs on the configuration current when it starts.
+            let snapshot = snapshot.load_full();
             let info = info.clone();
             async move { Ok::<_, Infallible>(proxy::handle(&snapshot, &info, request).await) }
         });
