@@ -28,8 +28,27 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// The admin listener; `None` when the file has no `[admin]` section.
     pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
     /// SHA-256 of the file's text (hex, 16 digits), to tell which configuration is loaded.
     pub hash: String,
+}
+
+/// `[log]`: how the gateway logs (the command line and `RUST_LOG` override it).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `warn`, `info,fhirgate::exchange=warn`, …
+    pub level: String,
+    /// `true` for one JSON object per line (log shippers).
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            json: false,
+        }
+    }
 }
 
 /// `[admin]`: plain-HTTP health and metrics endpoints, never on a public listener.
@@ -240,6 +259,14 @@ struct RawConfig {
     shutdown: RawShutdown,
     audit: Option<RawAudit>,
     admin: Option<RawAdmin>,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -528,6 +555,12 @@ impl Validator<'_> {
             )?,
         };
         let audit = raw.audit.as_ref().map(|a| self.audit(a)).transpose()?;
+        let log = raw
+            .log
+            .as_ref()
+            .map(|l| self.log(l))
+            .transpose()?
+            .unwrap_or_default();
         let admin = raw
             .admin
             .as_ref()
@@ -539,6 +572,7 @@ impl Validator<'_> {
             digest[..8].iter().map(|b| format!("{b:02x}")).collect()
         };
         Ok(Config {
+            log,
             admin,
             hash,
             file: self.file.to_path_buf(),
@@ -548,6 +582,36 @@ impl Validator<'_> {
             shutdown,
             audit,
         })
+    }
+
+    fn log(&self, raw: &RawLog) -> Result<LogConfig, ConfigError> {
+        let level = match &raw.level {
+            None => "info".to_owned(),
+            Some(l) if crate::logging::valid_level(l.get_ref()) => l.get_ref().clone(),
+            Some(l) => {
+                return Err(self.error(
+                    "log.level",
+                    Some(l.span()),
+                    format!("{:?} is not a log filter; use error, warn, info, debug or trace (per module: \"info,fhirgate::exchange=warn\")", l.get_ref()),
+                ));
+            }
+        };
+        let json = match raw
+            .format
+            .as_ref()
+            .map(|f| (f.get_ref().as_str(), f.span()))
+        {
+            None | Some(("human", _)) => false,
+            Some(("json", _)) => true,
+            Some((other, span)) => {
+                return Err(self.error(
+                    "log.format",
+                    Some(span),
+                    format!("{other:?} is not a format; use \"human\" or \"json\""),
+                ));
+            }
+        };
+        Ok(LogConfig { level, json })
     }
 
     fn admin(

@@ -7,6 +7,11 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Whether `level` is a valid filter (`info`, `warn,fhirgate=debug`, …).
+pub fn valid_level(level: &str) -> bool {
+    EnvFilter::try_new(level).is_ok()
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -14,9 +19,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber, writing to standard error.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber, writing to standard error. `RUST_LOG`, when set, wins
+/// over `level` (the configuration's `[log] level`, default `info`).
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

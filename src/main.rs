@@ -23,9 +23,10 @@ struct Cli {
     )]
     config: PathBuf,
 
-    /// Log line format (level from RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, default_value = "human")]
-    log_format: LogFormat,
+    /// Log line format; overrides `[log] format` (default human). The level comes from
+    /// RUST_LOG, else `[log] level`, else info.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -85,10 +86,7 @@ enum AuditCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            logging::init(cli.log_format);
-            run(&cli.config, cli.log_format)
-        }
+        Command::Run => run(&cli.config, cli.log_format),
         Command::Check { probe, format } => check(&cli.config, probe, format),
         Command::Audit {
             command:
@@ -114,7 +112,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Dev { port } => {
-            logging::init(cli.log_format);
+            logging::init(cli.log_format.unwrap_or(LogFormat::Human), "info");
             dev(port)
         }
     }
@@ -261,10 +259,16 @@ fn log_format_name(format: LogFormat) -> &'static str {
     }
 }
 
-fn run(path: &Path, log_format: LogFormat) -> ExitCode {
+fn run(path: &Path, log_format: Option<LogFormat>) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    let log_format = log_format.unwrap_or(if config.log.json {
+        LogFormat::Json
+    } else {
+        LogFormat::Human
+    });
+    logging::init(log_format, &config.log.level);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

@@ -255,3 +255,63 @@ upstream_ca = "private-ca.pem"
 fn serde_json_like(line: &str) -> Option<&str> {
     (line.starts_with('{') && line.ends_with('}')).then_some(line)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_and_level_come_from_the_config() {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let port = free_port();
+    let config = pki.write(
+        "fhirgate.toml",
+        &format!(
+            r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:{port}"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "dest-a"
+public_base = "https://{PUBLIC_HOST}/dest-a"
+upstream = "https://localhost:{}/fhir"
+upstream_ca = "private-ca.pem"
+[log]
+level = "warn"
+format = "json"
+"#,
+            destination.addr.port()
+        ),
+    );
+    let mut child = fhirgate()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr).await;
+    let client = Client::new(&pki.public_ca.pem, addr);
+    assert_eq!(client.get("/dest-a/x", Proto::Http1).await.status(), 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let lines: Vec<String> = stderr.lines().map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(!lines.is_empty(), "warnings are still logged");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with('{') && l.contains("\"level\":\"WARN\"")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("\"message\":\"exchange\"")),
+        "info lines at level warn: {lines:#?}"
+    );
+}
