@@ -7,43 +7,77 @@
 //!   to the client, counts it, and owns the [`ExchangeRecord`] that reports the exchange
 //!   when the body is finished or dropped.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 use crate::error::BoxError;
-use crate::exchange::{ByteCounter, ExchangeRecord, Outcome};
+use crate::exchange::{ExchangeRecord, Outcome};
+
+/// What the request body wrapper observed, shared with the exchange.
+#[derive(Debug, Default)]
+pub struct RequestBodyState {
+    /// Bytes of the request body read from the client.
+    pub received: AtomicU64,
+    /// The body went over the route's `max_request_body_bytes` and was cut off (413).
+    pub too_large: AtomicBool,
+    /// The client stopped sending for `body_idle_timeout` and the body was cut off (408).
+    pub idle: AtomicBool,
+    /// The client's body was malformed or broke off (bad chunk framing, reset stream): the
+    /// upstream request failed because of the client, not the upstream (400).
+    pub broken: AtomicBool,
+}
 
 /// The client's request body on its way upstream.
 pub struct RequestBody {
     inner: Incoming,
-    received: ByteCounter,
+    state: Arc<RequestBodyState>,
+    /// The route's body size limit.
+    limit: Option<u64>,
+    /// Fires when the client has sent nothing for `idle_timeout`; reset by every frame.
+    idle: Option<Pin<Box<Sleep>>>,
+    idle_timeout: Duration,
     /// Fired once when the body has been read to its end.
     ended: Option<oneshot::Sender<()>>,
 }
 
 impl RequestBody {
     /// Wraps `inner`; the receiver resolves when the body has been read completely.
-    pub fn new(inner: Incoming, received: ByteCounter) -> (RequestBody, oneshot::Receiver<()>) {
+    pub fn new(
+        inner: Incoming,
+        state: Arc<RequestBodyState>,
+        limit: Option<u64>,
+        idle_timeout: Duration,
+    ) -> (RequestBody, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
+        let empty = inner.is_end_stream();
         let mut body = RequestBody {
             inner,
-            received,
+            state,
+            limit,
+            // No timer for a body that is empty from the start (GET, Content-Length: 0).
+            idle: (!empty).then(|| Box::pin(tokio::time::sleep(idle_timeout))),
+            idle_timeout,
             ended: Some(tx),
         };
-        // hyper never polls a body that is empty from the start (GET, Content-Length: 0).
-        if body.inner.is_end_stream() {
+        // hyper never polls a body that is empty from the start.
+        if empty {
             body.signal_end();
         }
         (body, rx)
     }
 
     fn signal_end(&mut self) {
+        self.idle = None;
         if let Some(tx) = self.ended.take() {
             let _ = tx.send(());
         }
@@ -52,28 +86,56 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some(idle) = &mut this.idle
+                    && idle.as_mut().poll(cx).is_ready()
+                {
+                    this.state.idle.store(true, Ordering::Relaxed);
+                    this.idle = None;
+                    return Poll::Ready(Some(Err(
+                        "the client stopped sending the request body".into()
+                    )));
+                }
+                return Poll::Pending;
+            }
+        };
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
-                    this.received
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let total = this
+                        .state
+                        .received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if this.limit.is_some_and(|limit| total > limit) {
+                        this.state.too_large.store(true, Ordering::Relaxed);
+                        this.idle = None;
+                        return Poll::Ready(Some(
+                            Err("request body over the route's limit".into()),
+                        ));
+                    }
+                }
+                if let Some(idle) = &mut this.idle {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle_timeout);
                 }
                 if this.inner.is_end_stream() {
                     this.signal_end();
                 }
             }
             None => this.signal_end(),
-            Some(Err(_)) => {}
+            Some(Err(_)) => this.state.broken.store(true, Ordering::Relaxed),
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -153,6 +153,8 @@ pub struct RouteConfig {
     pub response_timeout: Duration,
     /// Append RFC 7239 `Forwarded` and `Via` towards the upstream.
     pub forwarded: bool,
+    /// Larger request bodies are refused with 413; `None` (the default) is no limit.
+    pub max_request_body_bytes: Option<u64>,
     /// Line of the `[[routes]]` entry's `name`, for messages about the route as a whole.
     pub line: Option<usize>,
 }
@@ -183,6 +185,21 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Request target (path and query) size: larger is 414.
+    pub max_uri_bytes: usize,
+    /// Header lines in an HTTP/1.1 request: more is 431.
+    pub max_headers: usize,
+    /// A request body that sends nothing for this long is cut off (408).
+    pub body_idle_timeout: Duration,
+    /// Per client address token bucket; `None` (the default) is off.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Requests per second from one client address, with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
 }
 
 impl Default for Limits {
@@ -194,6 +211,10 @@ impl Default for Limits {
             max_header_bytes: 65536,
             max_connections: 20000,
             max_connections_per_ip: 2048,
+            max_uri_bytes: 8192,
+            max_headers: 100,
+            body_idle_timeout: Duration::from_secs(30),
+            rate_limit: None,
         }
     }
 }
@@ -298,6 +319,7 @@ struct RawRoute {
     response_timeout: Option<Spanned<String>>,
     forwarded: Option<bool>,
     allow_plaintext_upstream: Option<bool>,
+    max_request_body_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -309,6 +331,11 @@ struct RawLimits {
     max_header_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     max_connections_per_ip: Option<Spanned<i64>>,
+    max_uri_bytes: Option<Spanned<i64>>,
+    max_headers: Option<Spanned<i64>>,
+    body_idle_timeout: Option<Spanned<String>>,
+    rate_limit_per_ip: Option<Spanned<f64>>,
+    rate_limit_burst: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -546,6 +573,22 @@ impl Validator<'_> {
                 l.max_connections_per_ip.as_ref(),
                 defaults.max_connections_per_ip,
             )?,
+            max_uri_bytes: self.positive(
+                "max_uri_bytes",
+                l.max_uri_bytes.as_ref(),
+                defaults.max_uri_bytes,
+            )?,
+            max_headers: self.positive(
+                "max_headers",
+                l.max_headers.as_ref(),
+                defaults.max_headers,
+            )?,
+            body_idle_timeout: self.duration(
+                "limits.body_idle_timeout".into(),
+                l.body_idle_timeout.as_ref(),
+                defaults.body_idle_timeout,
+            )?,
+            rate_limit: self.rate_limit(l)?,
         };
         let shutdown = ShutdownConfig {
             grace: self.duration(
@@ -582,6 +625,42 @@ impl Validator<'_> {
             shutdown,
             audit,
         })
+    }
+
+    fn rate_limit(&self, l: &RawLimits) -> Result<Option<RateLimit>, ConfigError> {
+        let Some(rate) = &l.rate_limit_per_ip else {
+            if let Some(burst) = &l.rate_limit_burst {
+                return Err(self.error(
+                    "limits.rate_limit_burst",
+                    Some(burst.span()),
+                    "has no effect without rate_limit_per_ip; set both, or neither",
+                ));
+            }
+            return Ok(None);
+        };
+        let per_second = *rate.get_ref();
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(self.error(
+                "limits.rate_limit_per_ip",
+                Some(rate.span()),
+                format!("{per_second} is not allowed; give requests per second greater than zero, or leave the key out for no rate limit"),
+            ));
+        }
+        let burst = match &l.rate_limit_burst {
+            None => (per_second * 2.0).max(1.0),
+            Some(b) if b.get_ref().is_finite() && *b.get_ref() >= 1.0 => *b.get_ref(),
+            Some(b) => {
+                return Err(self.error(
+                    "limits.rate_limit_burst",
+                    Some(b.span()),
+                    format!(
+                        "{} is not allowed; the burst is at least 1 request",
+                        b.get_ref()
+                    ),
+                ));
+            }
+        };
+        Ok(Some(RateLimit { per_second, burst }))
     }
 
     fn log(&self, raw: &RawLog) -> Result<LogConfig, ConfigError> {
@@ -859,6 +938,16 @@ impl Validator<'_> {
                 Duration::from_secs(60),
             )?,
             forwarded: raw.forwarded.unwrap_or(true),
+            max_request_body_bytes: match &raw.max_request_body_bytes {
+                None => None,
+                Some(v) => Some(u64::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    self.error(
+                        key("max_request_body_bytes"),
+                        Some(v.span()),
+                        format!("{} is not allowed; give a whole number of bytes greater than zero, or leave the key out for no limit", v.get_ref()),
+                    )
+                })?),
+            },
             line: Some(self.line_of(raw.name.span().start)),
         })
     }

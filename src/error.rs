@@ -37,6 +37,12 @@ pub enum GatewayError {
     AuditUnavailable,
     #[error("request header section too large")]
     HeaderTooLarge,
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("request body larger than the route allows")]
+    PayloadTooLarge,
+    #[error("request body stopped arriving")]
+    RequestTimeout,
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
     #[error("internal error")]
@@ -97,6 +103,9 @@ impl GatewayError {
             | GatewayError::ShuttingDown
             | GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -118,7 +127,9 @@ impl GatewayError {
             GatewayError::Overloaded
             | GatewayError::ShuttingDown
             | GatewayError::AuditUnavailable => "transient",
-            GatewayError::HeaderTooLarge => "too-long",
+            GatewayError::HeaderTooLarge | GatewayError::UriTooLong => "too-long",
+            GatewayError::PayloadTooLarge => "too-costly",
+            GatewayError::RequestTimeout => "timeout",
             GatewayError::RateLimited { .. } => "throttled",
             GatewayError::Internal(_) => "exception",
         }
@@ -153,6 +164,11 @@ impl GatewayError {
                 "The gateway cannot record this exchange in its audit trail; retry later."
             }
             GatewayError::HeaderTooLarge => "The request header section is too large.",
+            GatewayError::UriTooLong => "The request target (path and query) is too long.",
+            GatewayError::PayloadTooLarge => {
+                "The request body is larger than this FHIR endpoint accepts."
+            }
+            GatewayError::RequestTimeout => "The request body stopped arriving.",
             GatewayError::RateLimited { .. } => {
                 "Too many requests; retry after the indicated time."
             }
@@ -273,6 +289,9 @@ mod tests {
             (GatewayError::ShuttingDown, 503, "transient"),
             (GatewayError::AuditUnavailable, 503, "transient"),
             (GatewayError::HeaderTooLarge, 431, "too-long"),
+            (GatewayError::UriTooLong, 414, "too-long"),
+            (GatewayError::PayloadTooLarge, 413, "too-costly"),
+            (GatewayError::RequestTimeout, 408, "timeout"),
             (
                 GatewayError::RateLimited {
                     retry_after_secs: 3,

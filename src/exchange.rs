@@ -7,12 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::{HeaderValue, Method};
 
 use crate::audit::{Auditor, ExchangeAudit};
+use crate::body::RequestBodyState;
 use crate::metrics::{ExchangeLabels, Metrics, Name, RouteLabels};
 
 /// How an exchange ended.
@@ -46,9 +47,6 @@ pub enum Responder {
     Gateway(&'static str),
 }
 
-/// Bytes of the request body read from the client, shared with the request body wrapper.
-pub type ByteCounter = Arc<AtomicU64>;
-
 /// One exchange, reported once when dropped.
 #[derive(Debug)]
 pub struct ExchangeRecord {
@@ -62,7 +60,8 @@ pub struct ExchangeRecord {
     pub status: u16,
     pub responder: Responder,
     pub started: Instant,
-    pub bytes_in: ByteCounter,
+    /// Shared with the request body wrapper: bytes read, and why it was cut off, if it was.
+    pub request_body: Arc<RequestBodyState>,
     pub bytes_out: u64,
     pub outcome: Outcome,
     /// Set when the audit trail is on: what only the audit record needs.
@@ -101,7 +100,7 @@ impl ExchangeRecord {
         self.metrics
             .bytes_received
             .get_or_create(&labels)
-            .inc_by(self.bytes_in.load(Ordering::Relaxed));
+            .inc_by(self.request_body.received.load(Ordering::Relaxed));
         self.metrics
             .bytes_sent
             .get_or_create(&labels)
@@ -125,7 +124,7 @@ impl Drop for ExchangeRecord {
             path = %self.path,
             route = self.route.as_deref().unwrap_or("-"),
             status = self.status,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_in = self.request_body.received.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             duration_ms = (duration_ms * 1000.0).round() / 1000.0,
             upstream,
@@ -145,7 +144,7 @@ impl Drop for ExchangeRecord {
                 route: self.route.as_deref().map(str::to_owned),
                 request_id: self.request_id.to_str().unwrap_or("-").to_owned(),
                 status: self.status,
-                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_in: self.request_body.received.load(Ordering::Relaxed),
                 bytes_out: self.bytes_out,
                 peer: self.peer.ip(),
                 outcome: self.outcome,

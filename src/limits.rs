@@ -106,3 +106,81 @@ mod tests {
         assert!(limits.per_ip.lock().unwrap().is_empty());
     }
 }
+
+/// A token bucket per client address (RFC 6585 §4: 429 with `Retry-After`). Off unless
+/// `[limits] rate_limit_per_ip` is set; shared by all listeners and kept across reloads.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: crate::config::RateLimit,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: std::time::Instant,
+}
+
+/// Addresses tracked before idle (full) buckets are swept out.
+const SWEEP_AT: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new(limit: crate::config::RateLimit) -> Arc<Self> {
+        Arc::new(RateLimiter {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes one token for `ip`, or says in how many whole seconds one will be there.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= SWEEP_AT {
+            let limit = self.limit;
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * limit.per_second
+                    < limit.burst
+            });
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: self.limit.burst,
+            updated: now,
+        });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * self.limit.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(self.limit.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - bucket.tokens) / self.limit.per_second;
+            Err(wait.ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn burst_then_refusal_with_retry_after() {
+        let limiter = RateLimiter::new(crate::config::RateLimit {
+            per_second: 0.5,
+            burst: 3.0,
+        });
+        let a = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        for _ in 0..3 {
+            assert!(limiter.check(a).is_ok());
+        }
+        assert_eq!(limiter.check(a), Err(2));
+        // Another address has its own bucket.
+        assert!(
+            limiter
+                .check(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)))
+                .is_ok()
+        );
+    }
+}

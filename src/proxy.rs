@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::header::{HOST, TE};
@@ -20,8 +21,9 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::clock;
 use crate::config::Config;
 use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format};
-use crate::exchange::{AuditContext, ByteCounter, ExchangeRecord, Outcome, Responder};
+use crate::exchange::{AuditContext, ExchangeRecord, Outcome, Responder};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::limits::RateLimiter;
 use crate::metrics::{FailureLabels, Metrics, Name};
 use crate::route::{self, RouteTable};
 use crate::tls::UpstreamTrustError;
@@ -46,12 +48,17 @@ pub struct Snapshot {
     pub audit: Option<Auditor>,
     /// The gateway's metrics (they outlive any one configuration).
     pub metrics: Arc<Metrics>,
+    /// Per client address rate limit, when configured (kept across reloads by the server).
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    max_uri_bytes: usize,
+    body_idle_timeout: std::time::Duration,
 }
 
 struct RouteState {
     name: Arc<str>,
     upstream: Upstream,
     forwarded: bool,
+    max_request_body_bytes: Option<u64>,
 }
 
 impl Snapshot {
@@ -65,6 +72,7 @@ impl Snapshot {
                     name: Arc::from(r.name.as_str()),
                     upstream: Upstream::new(&config.file, r)?,
                     forwarded: r.forwarded,
+                    max_request_body_bytes: r.max_request_body_bytes,
                 })
             })
             .collect::<Result<Vec<_>, UpstreamTrustError>>()?;
@@ -73,6 +81,9 @@ impl Snapshot {
             routes,
             audit: None,
             metrics: Arc::new(Metrics::new()),
+            rate_limiter: config.limits.rate_limit.map(RateLimiter::new),
+            max_uri_bytes: config.limits.max_uri_bytes,
+            body_idle_timeout: config.limits.body_idle_timeout,
         })
     }
 
@@ -85,6 +96,12 @@ impl Snapshot {
         request_id: &HeaderValue,
         record: &mut ExchangeRecord,
     ) -> Result<Response<Incoming>, GatewayError> {
+        // 0. Sizes the gateway accepts at all.
+        let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if target_len > self.max_uri_bytes {
+            return Err(GatewayError::UriTooLong);
+        }
+
         // 1. Which host the client asked for; `Host` is replaced by the upstream's below.
         let host_header = take_single_host(&mut parts)?;
         let host = match (parts.uri.authority(), &host_header) {
@@ -148,11 +165,38 @@ impl Snapshot {
         parts.version = Version::HTTP_11;
 
         // 5. Send, streaming the body; wait for the response head.
-        let (body, body_sent) = RequestBody::new(body, record.bytes_in.clone());
-        route
+        if let Some(limit) = route.max_request_body_bytes
+            && parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|length| length > limit)
+        {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        let state = record.request_body.clone();
+        let (body, body_sent) = RequestBody::new(
+            body,
+            state.clone(),
+            route.max_request_body_bytes,
+            self.body_idle_timeout,
+        );
+        let result = route
             .upstream
             .send(Request::from_parts(parts, body), body_sent)
-            .await
+            .await;
+        // A body the gateway itself cut off explains the failed upstream request.
+        result.map_err(|error| {
+            if state.too_large.load(Ordering::Relaxed) {
+                GatewayError::PayloadTooLarge
+            } else if state.idle.load(Ordering::Relaxed) {
+                GatewayError::RequestTimeout
+            } else if state.broken.load(Ordering::Relaxed) {
+                GatewayError::Malformed("The request body is malformed or was broken off.")
+            } else {
+                error
+            }
+        })
     }
 }
 
@@ -198,7 +242,7 @@ pub async fn handle(
         status: 0,
         responder: Responder::Upstream,
         started: Instant::now(),
-        bytes_in: ByteCounter::default(),
+        request_body: Arc::default(),
         bytes_out: 0,
         outcome: Outcome::ClientAborted,
         audit: None,
@@ -222,6 +266,15 @@ pub async fn handle(
                 .map(str::to_owned),
             token_fingerprint: token(&parts.headers).map(|t| auditor.fingerprint(t)),
         });
+    }
+    if let Some(limiter) = &snapshot.rate_limiter
+        && let Err(retry_after_secs) = limiter.check(conn.peer.ip())
+    {
+        return gateway_response(
+            &GatewayError::RateLimited { retry_after_secs },
+            format,
+            record,
+        );
     }
     match snapshot
         .forward(conn, parts, body, &request_id, &mut record)
@@ -300,6 +353,9 @@ fn reason(error: &GatewayError) -> &'static str {
         GatewayError::ShuttingDown => "shutting-down",
         GatewayError::AuditUnavailable => "audit-unavailable",
         GatewayError::HeaderTooLarge => "header-too-large",
+        GatewayError::UriTooLong => "uri-too-long",
+        GatewayError::PayloadTooLarge => "body-too-large",
+        GatewayError::RequestTimeout => "body-idle",
         GatewayError::RateLimited { .. } => "rate-limited",
         GatewayError::Internal(_) => "internal",
     }

@@ -173,6 +173,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             forwarded: true,
+            max_request_body_bytes: None,
             line: None,
         }
     }

@@ -64,6 +64,8 @@ struct Inner {
     /// Stops the file watcher.
     watch_stop: watch::Sender<bool>,
     connection_limits: Arc<ConnectionLimits>,
+    /// Read at start only; every snapshot shares it, so buckets survive reloads.
+    rate_limiter: Option<Arc<crate::limits::RateLimiter>>,
     limits: Limits,
     grace: Duration,
 }
@@ -141,6 +143,7 @@ impl Gateway {
         }
         let audit = snapshot.audit.clone();
         let metrics = snapshot.metrics.clone();
+        let rate_limiter = snapshot.rate_limiter.clone();
         metrics
             .config_info
             .get_or_create(&ConfigLabels {
@@ -193,6 +196,7 @@ impl Gateway {
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
             ),
+            rate_limiter,
             limits: config.limits.clone(),
             grace: config.shutdown.grace,
         });
@@ -399,6 +403,7 @@ impl Inner {
         let mut snapshot = prepared.snapshot;
         snapshot.audit = self.audit.clone();
         snapshot.metrics = self.metrics.clone();
+        snapshot.rate_limiter = self.rate_limiter.clone();
         if config.audit.is_some() != self.audit.is_some() {
             tracing::warn!(
                 "[audit] was added or removed: that takes a restart; the audit trail is unchanged"
@@ -513,6 +518,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()

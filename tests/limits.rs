@@ -68,3 +68,183 @@ upstream_ca = "private-ca.pem"
         gw.stop().await;
     }
 }
+
+fn limited_toml(destination_port: u16, limits: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "dest-a"
+public_base = "https://{PUBLIC_HOST}/dest-a"
+upstream = "https://localhost:{destination_port}/fhir"
+upstream_ca = "private-ca.pem"
+{route_extra}
+[limits]
+{limits}
+"#
+    )
+}
+
+async fn limited(limits: &str, route_extra: &str) -> (Pki, Destination, TestGateway) {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let gw = TestGateway::start(
+        &pki,
+        &limited_toml(destination.addr.port(), limits, route_extra),
+    )
+    .await;
+    (pki, destination, gw)
+}
+
+#[tokio::test]
+async fn long_request_targets_are_414() {
+    let (pki, destination, gw) = limited("max_uri_bytes = 100", "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let response = client
+        .get(
+            &format!("/dest-a/Patient?name={}", "x".repeat(100)),
+            Proto::Http1,
+        )
+        .await;
+    assert_eq!(response.status(), 414);
+    assert!(text_of(response).await.contains(r#""code":"too-long""#));
+    assert!(destination.requests().is_empty());
+    assert_eq!(
+        client
+            .get("/dest-a/Patient?name=x", Proto::Http1)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_a_routes_limit_are_413_and_never_forwarded_whole() {
+    let (pki, destination, gw) = limited("", "max_request_body_bytes = 1000").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    // Declared too large: refused before anything is sent upstream.
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    let response = conn
+        .send(
+            http::Request::post("/dest-a/upload")
+                .body(full(vec![b'x'; 1001]))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(text_of(response).await.contains(r#""code":"too-costly""#));
+    assert!(destination.requests().is_empty());
+    // Streamed without a length (HTTP/2): cut off when it goes over.
+    let mut h2 = client.connect(PUBLIC_HOST, Proto::Http2).await;
+    let response = h2
+        .send(
+            http::Request::post("/dest-a/upload")
+                .body(PatternBody::new(1 << 20).boxed_unsized())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // Within the limit: passes.
+    let response = h2
+        .send(
+            http::Request::post("/dest-a/upload")
+                .body(full(vec![b'x'; 1000]))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(text_of(response).await.starts_with("1000 "));
+}
+
+trait BoxedUnsized {
+    fn boxed_unsized(self) -> ClientBody;
+}
+
+impl BoxedUnsized for PatternBody {
+    /// The pattern without a declared length, as a chunked upload would be.
+    fn boxed_unsized(self) -> ClientBody {
+        let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes, BoxError>::new(2);
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let mut me = self;
+            while let Some(Ok(frame)) = me.frame().await {
+                if let Ok(data) = frame.into_data()
+                    && tx.send_data(data).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        http_body_util::BodyExt::boxed(body)
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_408() {
+    let (pki, _destination, gw) = limited(r#"body_idle_timeout = "300ms""#, "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http2).await;
+    let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes, BoxError>::new(2);
+    let sender = tokio::spawn(async move {
+        tx.send_data(bytes::Bytes::from_static(b"{\"resourceType\":"))
+            .await
+            .unwrap();
+        // ... and nothing more, for longer than the idle timeout.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        drop(tx);
+    });
+    let response = conn
+        .send(
+            http::Request::post("/dest-a/upload")
+                .body(http_body_util::BodyExt::boxed(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    sender.abort();
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let (pki, _destination, gw) =
+        limited("rate_limit_per_ip = 0.5\nrate_limit_burst = 3", "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    for _ in 0..3 {
+        let response = conn.send(get("/dest-a/x")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        text_of(response).await;
+    }
+    let response = conn.send(get("/dest-a/x")).await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "2");
+    assert!(text_of(response).await.contains(r#""code":"throttled""#));
+}
+
+#[tokio::test]
+async fn too_many_header_lines_are_refused() {
+    let (pki, destination, gw) = limited("max_headers = 20", "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    let mut request = get("/dest-a/x");
+    for i in 0..30 {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    let status = conn.send(request).await.map(|r| r.status().as_u16());
+    assert!(matches!(status, Ok(431) | Err(_)), "{status:?}");
+    assert!(destination.requests().is_empty());
+}
