@@ -1,25 +1,30 @@
 //! The route table: which destination a request is for, from its host and path.
 //!
-//! Pure and allocation-free per lookup in the common case: routes are indexed by host, and
-//! each host's prefixes are kept longest first, so the first segment-boundary match wins.
-//! Matching is on raw bytes: percent-encoding is never decoded (`/dest%2Da` is not
-//! `/dest-a`), so what is matched is exactly what is forwarded.
+//! Pure and allocation-free per lookup: routes are indexed by host, and each host's prefixes
+//! are kept longest first, so the first segment-boundary match is the longest one. Matching
+//! is on raw bytes: percent-encoding is never decoded (`/dest%2Da` is not `/dest-a`), so what
+//! is matched is exactly what is forwarded (DESIGN "Routing").
 
 use std::collections::HashMap;
 
 use crate::config::RouteConfig;
 
-/// Routes indexed by public host.
+/// Routes indexed by public host (lower-case, IPv6 without brackets, as the config stores it).
 #[derive(Debug)]
 pub struct RouteTable {
+    /// Each host's routes, longest prefix first, so the first match is the longest.
     by_host: HashMap<String, Vec<Entry>>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    /// Public path without trailing slash; empty for a public path of `/`.
+    /// Public path without trailing slash; empty for a public path of `/`, so that the
+    /// segment-boundary rule below needs no special case for a host-wide route.
     prefix: String,
+    /// Only requests that arrived on this listener match (the IG's "routing by the address
+    /// the request arrived on").
     listener: Option<String>,
+    /// Position in the configuration's `routes`.
     index: usize,
 }
 
@@ -28,27 +33,32 @@ struct Entry {
 pub struct RouteMatch<'p> {
     /// Position of the route in the configuration's `routes`.
     pub index: usize,
-    /// The rest of the path: empty, or starting with `/`.
+    /// The rest of the path after the public prefix: empty, or starting with `/`.
     pub remainder: &'p str,
 }
+
+/// DNS names are at most 253 octets (RFC 1035 §2.3.4); a longer host matches no route, so a
+/// buffer this size lower-cases every host that could match without allocating.
+const MAX_HOST: usize = 256;
 
 impl RouteTable {
     /// Builds the table; `routes[i]` is reported back as `RouteMatch::index == i`.
     pub fn new(routes: &[RouteConfig]) -> RouteTable {
         let mut by_host: HashMap<String, Vec<Entry>> = HashMap::new();
         for (index, route) in routes.iter().enumerate() {
-            let prefix = route.public_path.trim_end_matches('/').to_owned();
             by_host
                 .entry(route.public_host.to_ascii_lowercase())
                 .or_default()
                 .push(Entry {
-                    prefix,
+                    prefix: route.public_path.trim_end_matches('/').to_owned(),
                     listener: route.listener.clone(),
                     index,
                 });
         }
         for entries in by_host.values_mut() {
-            // Longest prefix first; among equals, listener-restricted routes before open ones.
+            // Longest prefix first; among equal prefixes, listener-restricted routes before
+            // open ones (the more specific rule wins). `sort_by` is stable: otherwise the
+            // configuration's order is kept.
             entries.sort_by(|a, b| {
                 b.prefix
                     .len()
@@ -59,17 +69,18 @@ impl RouteTable {
         RouteTable { by_host }
     }
 
-    /// The route for a request. `host` is the `Host` / `:authority` value as received (any
-    /// case, port allowed); `path` is the raw path without the query.
+    /// The route for a request, or `None` (404).
+    ///
+    /// `host` is the `Host` / `:authority` value as received: any case (host names are
+    /// case-insensitive, RFC 3986 §3.2.2), with or without a port (ignored), an IPv6 literal
+    /// with or without brackets. `path` is the raw path without the query; `listener` the
+    /// name of the listener the request arrived on. The longest matching public path wins.
     pub fn lookup<'p>(&self, host: &str, path: &'p str, listener: &str) -> Option<RouteMatch<'p>> {
-        let host = host_without_port(host);
-        let entries = match self.by_host.get(host) {
-            Some(entries) => entries,
-            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
-                self.by_host.get(&host.to_ascii_lowercase())?
-            }
-            None => return None,
-        };
+        // Only origin-form targets route (RFC 9112 §3.2.1): not `*` nor an authority-form.
+        if !path.starts_with('/') {
+            return None;
+        }
+        let entries = self.entries_for(host_without_port(host))?;
         entries.iter().find_map(|entry| {
             if entry.listener.as_deref().is_some_and(|l| l != listener) {
                 return None;
@@ -82,64 +93,143 @@ impl RouteTable {
             })
         })
     }
+
+    /// The routes of one host, compared case-insensitively without allocating.
+    fn entries_for(&self, host: &str) -> Option<&Vec<Entry>> {
+        if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.by_host.get(host);
+        }
+        let mut buffer = [0u8; MAX_HOST];
+        let lower = buffer.get_mut(..host.len())?;
+        lower.copy_from_slice(host.as_bytes());
+        lower.make_ascii_lowercase();
+        // ASCII lower-casing keeps UTF-8 valid, so this never fails.
+        self.by_host.get(std::str::from_utf8(lower).ok()?)
+    }
 }
 
-/// The host of a `Host` / `:authority` value without its port. IPv6 literals lose their
-/// brackets (`[::1]:8443` → `::1`), as the configuration stores them.
+/// The host of a `Host` / `:authority` value (RFC 9110 §7.2), without its port.
+///
+/// IPv6 literals lose their brackets (`[::1]:8443` → `::1`), because that is how the
+/// configuration stores `public_host` and how TLS server names compare. Idempotent: an
+/// unbracketed IPv6 address is returned unchanged, never cut at its last colon. A value
+/// that is not `host[:port]` is returned unchanged, and so matches no route.
 pub fn host_without_port(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split_once(']').map_or(authority, |(host, _)| host);
+        return match rest.split_once(']') {
+            Some((host, after)) if after.is_empty() || is_port_suffix(after) => host,
+            _ => authority,
+        };
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+    match authority.split_once(':') {
+        Some((host, _)) if is_port_suffix(&authority[host.len()..]) => host,
         _ => authority,
     }
 }
 
-/// True when a segment of the raw path is `.` or `..`, plain or percent-encoded (`%2e`):
-/// such a path could climb out of a route's prefix at the destination.
-pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(is_dot_segment)
+/// `:` followed by digits only; RFC 3986 §3.2.3 allows an empty port.
+fn is_port_suffix(suffix: &str) -> bool {
+    suffix
+        .strip_prefix(':')
+        .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn is_dot_segment(segment: &str) -> bool {
-    let mut dots = 0;
-    let mut rest = segment.as_bytes();
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
-            rest = &rest[1..];
-        } else if rest.len() >= 3
-            && rest[0] == b'%'
-            && rest[1] == b'2'
-            && rest[2].eq_ignore_ascii_case(&b'e')
-        {
-            rest = &rest[3..];
-        } else {
-            return false;
+/// True when a segment of the raw path is `.` or `..`, plain or percent-encoded (`%2e`).
+///
+/// Such a path could climb out of a route's prefix at the destination, which resolves dot
+/// segments (RFC 3986 §5.2.4) after the gateway has matched the prefix. Because some servers
+/// also treat `\`, `%2f` and `%5c` as separators and drop `;` path parameters (Tomcat, which
+/// hosts many FHIR servers, reads `/..;/` as `/../`), those are read the same way here:
+/// no FHIR path needs them next to a dot segment.
+pub fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    let mut segment = DotCounter::default();
+    loop {
+        let separator = separator_len(&bytes[i..]);
+        if i == bytes.len() || separator > 0 {
+            if segment.is_dot_segment() {
+                return true;
+            }
+            if i == bytes.len() {
+                return false;
+            }
+            i += separator;
+            segment = DotCounter::default();
+            continue;
         }
-        dots += 1;
+        i += segment.push(&bytes[i..]);
     }
-    dots == 1 || dots == 2
+}
+
+/// The state of one path segment while it is read.
+#[derive(Default)]
+struct DotCounter {
+    dots: usize,
+    other: bool,
+    /// After a `;`: path parameters, ignored.
+    params: bool,
+}
+
+impl DotCounter {
+    /// Reads the next character of `rest` (non-empty); returns how many bytes it took.
+    fn push(&mut self, rest: &[u8]) -> usize {
+        if self.params {
+            return 1;
+        }
+        match rest {
+            [b'.', ..] => {
+                self.dots += 1;
+                1
+            }
+            [b'%', b'2', e, ..] if e.eq_ignore_ascii_case(&b'e') => {
+                self.dots += 1;
+                3
+            }
+            [b';', ..] => {
+                self.params = true;
+                1
+            }
+            _ => {
+                self.other = true;
+                1
+            }
+        }
+    }
+
+    fn is_dot_segment(&self) -> bool {
+        !self.other && (self.dots == 1 || self.dots == 2)
+    }
+}
+
+/// Length of the separator at the start of `rest`: `/`, `\`, `%2f` or `%5c`; 0 if none.
+fn separator_len(rest: &[u8]) -> usize {
+    match rest {
+        [b'/' | b'\\', ..] => 1,
+        [b'%', b'2', f, ..] if f.eq_ignore_ascii_case(&b'f') => 3,
+        [b'%', b'5', c, ..] if c.eq_ignore_ascii_case(&b'c') => 3,
+        _ => 0,
+    }
 }
 
 /// The upstream path and query: upstream base path + the rest of the request path, with no
-/// doubled or lost slash, then `?query` byte-for-byte.
+/// doubled or lost slash, then `?query` byte-for-byte when the request had one (DESIGN
+/// "Routing": percent-encoding is never decoded or re-encoded).
 pub fn upstream_path_and_query(
     upstream_base: &str,
     remainder: &str,
     query: Option<&str>,
 ) -> String {
+    // The base's trailing slash, if any, is supplied by the remainder (which starts with
+    // one or is empty), so `/fhir/` + `/Patient` cannot become `/fhir//Patient`.
     let base = upstream_base.trim_end_matches('/');
-    let mut out =
-        String::with_capacity(base.len() + remainder.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut out = String::with_capacity(base.len() + remainder.len().max(1) + query_len);
     out.push_str(base);
-    if remainder.is_empty() {
-        // `/dest-a` → `/fhir`; with an upstream base of `/`, the path cannot be empty.
-        if base.is_empty() {
-            out.push('/');
-        }
-    } else {
-        out.push_str(remainder);
+    out.push_str(remainder);
+    if out.is_empty() {
+        // Upstream base `/` and the bare public prefix: an origin-form path is never empty.
+        out.push('/');
     }
     if let Some(query) = query {
         out.push('?');
@@ -193,8 +283,15 @@ mod tests {
             .map(|m| (m.index, m.remainder))
     }
 
+    /// Lookup then rewrite, as the proxy does: the request path the upstream receives.
+    fn forwarded(public: &str, upstream: &str, path: &str, query: Option<&str>) -> Option<String> {
+        let t = RouteTable::new(&[route("h", public, None)]);
+        let m = t.lookup("h", path, "public")?;
+        Some(upstream_path_and_query(upstream, m.remainder, query))
+    }
+
     #[test]
-    fn segment_boundary_and_longest_prefix() {
+    fn segment_boundary() {
         let t = table();
         assert_eq!(hit(&t, "fhir.example.org", "/dest-a"), Some((0, "")));
         assert_eq!(hit(&t, "fhir.example.org", "/dest-a/"), Some((0, "/")));
@@ -202,27 +299,84 @@ mod tests {
             hit(&t, "fhir.example.org", "/dest-a/Patient/1"),
             Some((0, "/Patient/1"))
         );
+        let only = RouteTable::new(&[route("h", "/dest-a", None)]);
+        assert_eq!(hit(&only, "h", "/dest-ab"), None);
+        assert_eq!(hit(&only, "h", "/dest"), None);
+        assert_eq!(hit(&only, "h", "/"), None);
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_host_wide_route_catches_the_rest() {
+        let t = table();
         assert_eq!(
             hit(&t, "fhir.example.org", "/dest-a/r4/Patient"),
             Some((1, "/Patient"))
+        );
+        assert_eq!(hit(&t, "fhir.example.org", "/dest-a/r4"), Some((1, "")));
+        assert_eq!(
+            hit(&t, "fhir.example.org", "/dest-a/r4b"),
+            Some((0, "/r4b"))
         );
         // `/dest-ab` is not under `/dest-a`: it falls to the host-wide route.
         assert_eq!(
             hit(&t, "fhir.example.org", "/dest-ab"),
             Some((2, "/dest-ab"))
         );
+        assert_eq!(hit(&t, "fhir.example.org", "/"), Some((2, "/")));
+    }
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_configuration_order() {
+        let t = RouteTable::new(&[
+            route("h", "/", None),
+            route("h", "/a", None),
+            route("h", "/a/b/c", None),
+            route("h", "/a/b", None),
+        ]);
+        assert_eq!(hit(&t, "h", "/a/b/c/d"), Some((2, "/d")));
+        assert_eq!(hit(&t, "h", "/a/b/x"), Some((3, "/x")));
+        assert_eq!(hit(&t, "h", "/a/x"), Some((1, "/x")));
+        assert_eq!(hit(&t, "h", "/x"), Some((0, "/x")));
+    }
+
+    #[test]
+    fn matching_is_on_raw_bytes() {
+        let only = RouteTable::new(&[route("h", "/dest-a", None)]);
+        assert_eq!(hit(&only, "h", "/dest%2Da"), None);
+        assert_eq!(hit(&only, "h", "/Dest-A"), None);
         assert_eq!(
-            hit(&t, "fhir.example.org", "/dest%2Da"),
+            hit(&table(), "fhir.example.org", "/dest%2Da"),
             Some((2, "/dest%2Da"))
         );
+    }
+
+    #[test]
+    fn only_origin_form_paths_route() {
+        let t = table();
+        assert_eq!(hit(&t, "fhir.example.org", "*"), None);
+        assert_eq!(hit(&t, "fhir.example.org", ""), None);
     }
 
     #[test]
     fn host_is_case_insensitive_and_port_ignored() {
         let t = table();
         assert_eq!(hit(&t, "FHIR.Example.ORG:8443", "/dest-a"), Some((0, "")));
-        assert_eq!(hit(&t, "[::1]:8443", "/v6/x"), Some((4, "/x")));
+        assert_eq!(hit(&t, "fhir.example.org:443", "/dest-a"), Some((0, "")));
+        assert_eq!(hit(&t, "fhir.example.org:", "/dest-a"), Some((0, "")));
+        assert_eq!(hit(&t, "Fhir.Example.Org", "/dest-a"), Some((0, "")));
         assert_eq!(hit(&t, "unknown.example.org", "/dest-a"), None);
+        assert_eq!(hit(&t, "fhir.example.org:x", "/dest-a"), None);
+        assert_eq!(hit(&t, &"A".repeat(300), "/dest-a"), None);
+    }
+
+    #[test]
+    fn ipv6_host_with_or_without_brackets() {
+        let t = table();
+        assert_eq!(hit(&t, "[::1]:8443", "/v6/x"), Some((4, "/x")));
+        assert_eq!(hit(&t, "[::1]", "/v6"), Some((4, "")));
+        // The proxy strips the port first and may pass the result in again.
+        assert_eq!(hit(&t, "::1", "/v6"), Some((4, "")));
+        assert_eq!(hit(&t, "[::1]junk", "/v6"), None);
     }
 
     #[test]
@@ -234,58 +388,95 @@ mod tests {
                 .map(|m| m.index),
             Some(3)
         );
+        // A restricted route beats an open one with the same prefix on its own listener only.
+        let t = RouteTable::new(&[route("h", "/a", None), route("h", "/a", Some("internal"))]);
+        assert_eq!(t.lookup("h", "/a", "internal").map(|m| m.index), Some(1));
+        assert_eq!(t.lookup("h", "/a", "public").map(|m| m.index), Some(0));
     }
 
     #[test]
-    fn no_match_without_slash_boundary() {
-        let t = RouteTable::new(&[route("h", "/dest-a", None)]);
-        assert_eq!(hit(&t, "h", "/dest-ab"), None);
-        assert_eq!(hit(&t, "h", "/"), None);
+    fn rewrite_examples_of_the_contract() {
+        let cases = [
+            ("/dest-a", "/fhir", "/dest-a", "/fhir"),
+            ("/dest-a", "/fhir", "/dest-a/", "/fhir/"),
+            ("/dest-a", "/fhir", "/dest-a/Patient/1", "/fhir/Patient/1"),
+            ("/", "/other", "/Patient/1", "/other/Patient/1"),
+            ("/", "/other", "/", "/other/"),
+            ("/dest-a", "/", "/dest-a/Patient", "/Patient"),
+            ("/dest-a", "/", "/dest-a", "/"),
+            ("/dest-a", "/", "/dest-a/", "/"),
+            ("/", "/", "/", "/"),
+            ("/", "/", "/metadata", "/metadata"),
+        ];
+        for (public, upstream, path, expected) in cases {
+            assert_eq!(
+                forwarded(public, upstream, path, None).as_deref(),
+                Some(expected),
+                "{public} → {upstream}: {path}"
+            );
+        }
     }
 
     #[test]
-    fn rewrite_examples() {
-        assert_eq!(upstream_path_and_query("/fhir", "", None), "/fhir");
-        assert_eq!(upstream_path_and_query("/fhir", "/", None), "/fhir/");
+    fn query_is_forwarded_byte_for_byte() {
         assert_eq!(
-            upstream_path_and_query("/fhir", "/Patient/1", None),
-            "/fhir/Patient/1"
+            upstream_path_and_query("/fhir", "/Patient", Some("name=%C3%A9&_count=2+x")),
+            "/fhir/Patient?name=%C3%A9&_count=2+x"
         );
+        assert_eq!(upstream_path_and_query("/fhir", "", Some("")), "/fhir?");
+        assert_eq!(upstream_path_and_query("/", "", Some("a=1")), "/?a=1");
         assert_eq!(
-            upstream_path_and_query("/other", "/Patient/1", None),
-            "/other/Patient/1"
-        );
-        assert_eq!(upstream_path_and_query("/other", "/", None), "/other/");
-        assert_eq!(upstream_path_and_query("/", "/Patient", None), "/Patient");
-        assert_eq!(upstream_path_and_query("/", "", None), "/");
-        assert_eq!(
-            upstream_path_and_query("/fhir", "/Patient", Some("name=%C3%A9&_count=2")),
-            "/fhir/Patient?name=%C3%A9&_count=2"
+            upstream_path_and_query("/fhir", "/Patient/%2F1", None),
+            "/fhir/Patient/%2F1"
         );
     }
 
     #[test]
-    fn dot_segments() {
+    fn dot_segments_are_found() {
         for p in [
             "/a/./b",
             "/a/../b",
             "/a/%2e%2e/b",
             "/a/.%2E/b",
+            "/a/%2E%2e/b",
             "/..",
+            "/.",
             "/a/.",
+            "/a/..",
             "/a/%2E",
             "/a/%2e./",
+            "/a/..;/b",
+            "/a/.;x=1/b",
+            "/a/..\\b",
+            "/a\\..\\b",
+            "/a/..%2fb",
+            "/a%2F..%2Fb",
+            "/a/..%5cb",
+            "..",
         ] {
             assert!(has_dot_segment(p), "{p}");
         }
+    }
+
+    #[test]
+    fn dot_like_segments_are_not_dot_segments() {
         for p in [
             "/a/.well-known/x",
             "/a/..b",
             "/a/b.",
+            "/a/b..",
             "/a/...",
+            "/a/%2e%2e%2e",
+            "/a/%2",
+            "/a/%2e%2",
+            "/a/%",
             "/",
+            "",
             "/a//b",
             "/a/%2f",
+            "/Patient/example.json",
+            "/Patient/a.b-c",
+            "/a/;/b",
         ] {
             assert!(!has_dot_segment(p), "{p}");
         }
@@ -295,7 +486,17 @@ mod tests {
     fn ports_and_brackets() {
         assert_eq!(host_without_port("Example.org:443"), "Example.org");
         assert_eq!(host_without_port("example.org"), "example.org");
+        assert_eq!(host_without_port("example.org:"), "example.org");
+        assert_eq!(host_without_port("example.org:44x"), "example.org:44x");
         assert_eq!(host_without_port("[::1]:8443"), "::1");
         assert_eq!(host_without_port("[::1]"), "::1");
+        assert_eq!(host_without_port("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(host_without_port("::1"), "::1");
+        assert_eq!(host_without_port("[::1"), "[::1");
+        assert_eq!(host_without_port("[::1]x"), "[::1]x");
+        for a in ["Example.org:443", "[::1]:8443", "2001:db8::1", "h"] {
+            let once = host_without_port(a);
+            assert_eq!(host_without_port(once), once, "{a}");
+        }
     }
 }
