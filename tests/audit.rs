@@ -2,15 +2,15 @@
 //! an HMAC chain that catches edits, deletions, insertions and reorderings, a restart that
 //! continues the chain, a flush on shutdown, refusal when the sink fails, SIGHUP reopen.
 
-mod common;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use http::Request;
 use http_body_util::BodyExt;
 use serde_json::Value;
+use support::*;
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test-audit-key";
 

@@ -1,11 +1,11 @@
 //! `fhirgate check` catches the mistakes operators really make, says what is wrong and how
 //! to fix it, and exits non-zero; `--probe` handshakes with every upstream; `--format json`.
 
-mod common;
+mod support;
 
 use std::process::Command;
 
-use common::*;
+use support::*;
 
 fn config(pki: &Pki, cert: &str, public_host: &str, upstream: &str) -> String {
     format!(

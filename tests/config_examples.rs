@@ -1,12 +1,12 @@
 //! Every example in config/ passes `fhirgate check`, with the certificates it names made by
 //! the test (no key is committed).
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use support::*;
 
 /// Copies `config/NAME` into a fresh folder whose `certs/` holds what the examples name.
 fn check_example(name: &str) -> (bool, String) {

@@ -2,7 +2,7 @@
 //! commands; the URLs it prints work as printed, through the gateway to the sample
 //! destination, and SIGTERM (as Ctrl-C) stops it cleanly and removes its temporary folder.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,12 +11,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ClientBody, client_config, empty, free_port, full};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use support::{ClientBody, client_config, empty, free_port, full};
 
 /// The child process, killed if the test fails before it is stopped.
 struct DevProcess(Child);

@@ -2,12 +2,12 @@
 //! handshakes, clients that vanish mid-download, and slowloris connections trickling
 //! header bytes. The open-connection gauge returns to zero (no task or connection leak).
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use http_body_util::BodyExt;
+use support::*;
 use tokio::io::AsyncWriteExt;
 
 fn toml(destination_port: u16, limits: &str) -> String {

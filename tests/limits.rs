@@ -1,9 +1,9 @@
 //! Connection limits: over `max_connections_per_ip` / `max_connections`, new connections
 //! are closed at once; connections already open keep working.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_and_open_ones_keep_working() {

@@ -1,10 +1,9 @@
 //! Listener TLS: certificate by SNI, no SNI → first, unknown SNI refused, minimum version,
 //! ALPN h2 and http/1.1, keep-alive, several listeners.
 
-mod common;
+mod support;
 
-use common::*;
-use std::sync::Arc;
+use support::*;
 
 async fn two_certificate_gateway(min_tls: &str) -> (Pki, TestGateway) {
     let pki = Pki::new();
@@ -87,35 +86,25 @@ async fn unknown_sni_fails_the_handshake_with_unrecognized_name() {
     }
 }
 
+/// Client offering only TLS 1.2.
+fn tls12_only(pki: &Pki) -> rustls::ClientConfig {
+    client_config_versions(&pki.public_ca.pem, &[], &[&rustls::version::TLS12])
+}
+
+fn first_name() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("first.example.org").unwrap()
+}
+
 #[tokio::test]
 async fn minimum_tls_version_is_enforced() {
     let (pki, gw) = two_certificate_gateway("1.3").await;
-    let only_tls12 = {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.public_ca.pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-    };
-    use rustls::pki_types::pem::PemObject;
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("first.example.org").unwrap();
-    let result = tokio_rustls::TlsConnector::from(Arc::new(only_tls12))
-        .connect(name, tcp)
-        .await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let result = client.tls_with(tls12_only(&pki), first_name()).await;
     assert!(
         result.is_err(),
         "a TLS 1.2-only client was accepted by a 1.3 listener"
     );
-
-    // The same listener accepts TLS 1.3, and a 1.2 listener accepts 1.2.
-    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    // The same listener accepts TLS 1.3.
     let tls = client.tls(Some("first.example.org"), &[]).await.unwrap();
     assert_eq!(
         tls.get_ref().1.protocol_version(),
@@ -126,27 +115,20 @@ async fn minimum_tls_version_is_enforced() {
 #[tokio::test]
 async fn tls12_is_accepted_by_default() {
     let (pki, gw) = two_certificate_gateway("1.2").await;
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.public_ca.pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("first.example.org").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let tls = client
+        .tls_with(tls12_only(&pki), first_name())
         .await
-        .unwrap();
+        .expect("TLS 1.2 handshake");
     assert_eq!(
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    // And a modern client gets TLS 1.3.
+    let tls = client.tls(Some("first.example.org"), &[]).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
     );
 }
 
@@ -164,6 +146,59 @@ async fn alpn_offers_h2_and_http11() {
         .await
         .unwrap();
     assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // A client that offers no ALPN at all is served HTTP/1.1.
+    let none = client.tls(Some("first.example.org"), &[]).await.unwrap();
+    assert_eq!(none.get_ref().1.alpn_protocol(), None);
+}
+
+#[tokio::test]
+async fn a_client_without_alpn_is_served_http11() {
+    let setup = Setup::new().await;
+    let tls = setup.client().tls(Some(PUBLIC_HOST), &[]).await.unwrap();
+    let mut conn = Conn::over(tls, Proto::Http1).await;
+    let response = conn.send(get("/dest-a/Patient/1")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_11);
+    assert_eq!(text_of(response).await, PATIENT);
+}
+
+#[tokio::test]
+async fn http2_streams_run_concurrently_on_one_connection() {
+    let setup = Setup::new().await;
+    let conn = setup.client().connect(PUBLIC_HOST, Proto::Http2).await;
+    let Conn::H2(send) = conn else { unreachable!() };
+    // Ten exchanges at once on one connection, one of them slow: the others do not wait.
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let path = if i == 0 {
+                "https://fhir.example.org/dest-a/slow?ms=1500".to_owned()
+            } else {
+                format!("https://fhir.example.org/dest-a/Patient/{i}")
+            };
+            let request = http::Request::get(path).body(empty()).unwrap();
+            let response = bounded("an HTTP/2 exchange", send.send_request(request))
+                .await
+                .unwrap();
+            let status = response.status();
+            let elapsed = started.elapsed();
+            text_of(response).await;
+            (i, status, elapsed)
+        }));
+    }
+    for task in tasks {
+        let (i, status, elapsed) = task.await.unwrap();
+        assert_eq!(status, 200, "stream {i}");
+        if i != 0 {
+            assert!(
+                elapsed < std::time::Duration::from_millis(1200),
+                "stream {i} waited for the slow one: {elapsed:?}"
+            );
+        }
+    }
+    assert_eq!(setup.destination.requests().len(), 10);
 }
 
 #[tokio::test]
@@ -171,10 +206,18 @@ async fn both_protocols_are_served_and_http11_keeps_the_connection_alive() {
     let setup = Setup::new().await;
     let client = setup.client();
     let mut h1 = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    // Five exchanges on one HTTP/1.1 connection: the gateway keeps it open.
     for i in 0..5 {
         let response = h1.send(get(&format!("/dest-a/Patient/{i}"))).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.version(), http::Version::HTTP_11);
+        assert!(
+            response
+                .headers()
+                .get("connection")
+                .is_none_or(|c| c != "close"),
+            "the gateway announced it closes the connection"
+        );
         text_of(response).await;
     }
     let mut h2 = client.connect(PUBLIC_HOST, Proto::Http2).await;

@@ -1,15 +1,15 @@
 //! Operations: the admin listener (/healthz, /readyz, /metrics), `fhirgate health`, and a
 //! graceful drain on SIGTERM with exchanges in flight.
 
-mod common;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use http::Request;
 use http_body_util::BodyExt;
 use sha2::Digest;
+use support::*;
 
 fn toml(destination_port: u16, bind: &str, admin: &str) -> String {
     format!(

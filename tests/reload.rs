@@ -1,13 +1,13 @@
 //! Hot reload: a new configuration (or a renewed certificate) replaces the running one
 //! without dropping a connection; a broken one is refused and the old one keeps serving.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use http_body_util::BodyExt;
 use sha2::Digest;
+use support::*;
 
 fn toml(destination_port: u16, upstream_path: &str, extra_listener: bool) -> String {
     let second = if extra_listener {

@@ -2,11 +2,11 @@
 //! destination never receives a second, hidden request. The test checks what the
 //! destination actually received.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends `raw` over one TLS connection and returns what came back (bounded in time).

@@ -1,11 +1,11 @@
 //! Upstream: pooled TLS connections verified against the private name with the route's
 //! trust anchors; timeouts → 504; refused or unverifiable → 502 with nothing sent.
 
-mod common;
+mod support;
 
 use std::sync::atomic::Ordering;
 
-use common::*;
+use support::*;
 
 /// A gateway whose only route goes to `upstream` (written into the TOML as is).
 async fn gateway_to(pki: &Pki, upstream: &str, extra: &str) -> TestGateway {
@@ -77,6 +77,11 @@ async fn private_certificate_problems_are_502_and_nothing_is_sent() {
         assert!(
             destination.requests().is_empty(),
             "{what}: the destination received the request"
+        );
+        // The gateway did reach the destination: it was the certificate that stopped it.
+        assert!(
+            destination.connection_count() >= 1,
+            "{what}: never connected"
         );
         gw.stop().await;
     }
@@ -182,6 +187,88 @@ upstream = "http://127.0.0.1:{}/fhir"
     let gw = TestGateway::start(&pki, &toml("allow_plaintext_upstream = true")).await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
     let response = client.get("/plain/Patient/1", Proto::Http1).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(destination.last().target, "/fhir/Patient/1");
+}
+
+#[tokio::test]
+async fn without_upstream_ca_the_system_roots_decide() {
+    // No `upstream_ca`: the private CA is not among the system roots, so the destination's
+    // certificate is refused like any unknown CA's.
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    let toml = format!(
+        r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "dest"
+public_base = "https://{PUBLIC_HOST}/dest"
+upstream = "https://localhost:{}/fhir"
+"#,
+        destination.addr.port()
+    );
+    let gw = TestGateway::start(&pki, &toml).await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let response = client.get("/dest/Patient/1", Proto::Http1).await;
+    assert_eq!(response.status(), 502);
+    assert!(destination.requests().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_protocol_is_chosen_by_alpn() {
+    // A destination offering h2 and http/1.1 is spoken to in HTTP/2 ...
+    let setup = Setup::new().await;
+    for proto in BOTH {
+        let response = setup.client().get("/dest-a/Patient/1", proto).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            setup.destination.last().version,
+            http::Version::HTTP_2,
+            "{proto:?}"
+        );
+    }
+    // ... and one offering only http/1.1 in HTTP/1.1, whatever the client spoke.
+    let pki = Pki::new();
+    let destination = Destination::start_http1(&pki.private_ca.issue(&["localhost"])).await;
+    let setup = Setup::in_front_of(pki, destination, "").await;
+    for proto in BOTH {
+        let response = setup.client().get("/dest-a/Patient/1", proto).await;
+        assert_eq!(response.status(), 200, "{proto:?}");
+        assert_eq!(text_of(response).await, PATIENT);
+        assert_eq!(
+            setup.destination.last().version,
+            http::Version::HTTP_11,
+            "{proto:?}"
+        );
+    }
+    // Pooled there too: one keep-alive connection for sequential exchanges.
+    assert_eq!(setup.destination.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_upstream_does_not_poison_the_route() {
+    // 502 while the destination is down; once it is back on the same port, exchanges pass.
+    let pki = Pki::new();
+    let port = free_port();
+    let gw = gateway_to(&pki, &format!("https://localhost:{port}/fhir"), "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    assert_eq!(client.get("/dest/x", Proto::Http1).await.status(), 502);
+
+    let leaf = pki.private_ca.issue(&["localhost"]);
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port));
+    let Ok(listener) = listener else {
+        eprintln!("port {port} was taken meanwhile; skipping the recovery half");
+        return;
+    };
+    drop(listener);
+    let destination = Destination::start_on(&leaf, port).await;
+    let response = client.get("/dest/Patient/1", Proto::Http1).await;
     assert_eq!(response.status(), 200);
     assert_eq!(destination.last().target, "/fhir/Patient/1");
 }
