@@ -605,7 +605,7 @@ pub fn interaction(
 /// AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure, 12 major failure.
 fn outcome_code(status: u16, outcome: Outcome) -> &'static str {
     match (outcome, status) {
-        (Outcome::UpstreamBroke, _) => "12",
+        (Outcome::UpstreamBroke | Outcome::TimedOut, _) => "12",
         (Outcome::ClientAborted, _) => "4",
         (Outcome::Complete, 500..) => "8",
         (Outcome::Complete, 400..=499) => "4",

@@ -150,6 +150,8 @@ impl Body for RequestBody {
 /// What the client receives.
 pub struct ResponseBody {
     source: Source,
+    /// `max_exchange_duration`: fires while the body is still streaming.
+    deadline: Option<Pin<Box<Sleep>>>,
     record: ExchangeRecord,
 }
 
@@ -179,7 +181,17 @@ impl ResponseBody {
         if empty {
             record.outcome = Outcome::Complete;
         }
-        ResponseBody { source, record }
+        let deadline = match &source {
+            Source::Upstream(_) => record
+                .deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
+            Source::Full(_) => None,
+        };
+        ResponseBody {
+            source,
+            deadline,
+            record,
+        }
     }
 }
 
@@ -192,6 +204,16 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // Aborted like an upstream break: the client must not take it as complete.
+            this.deadline = None;
+            this.record.outcome = Outcome::TimedOut;
+            return Poll::Ready(Some(Err(
+                "the exchange exceeded max_exchange_duration".into()
+            )));
+        }
         let frame = match &mut this.source {
             Source::Upstream(inner) => match ready!(Pin::new(inner).poll_frame(cx)) {
                 Some(Ok(frame)) => Some(Ok(frame)),

@@ -92,7 +92,7 @@ pub async fn check(path: &std::path::Path, probe: bool) -> Report {
         }
     };
     report.routes = config.routes.iter().map(route_summary).collect();
-    let prepared = match server::prepare(&config) {
+    let prepared = match server::prepare(&config, &Default::default()) {
         Ok(prepared) => prepared,
         Err(error) => {
             report.errors.push(ErrorChain(&error).to_string());

@@ -155,6 +155,11 @@ pub struct RouteConfig {
     pub forwarded: bool,
     /// Larger request bodies are refused with 413; `None` (the default) is no limit.
     pub max_request_body_bytes: Option<u64>,
+    /// Exchanges in flight to this upstream at once; more are refused with 503 so one slow
+    /// destination cannot hold every connection. `None` (the default) is no cap.
+    pub max_concurrent_exchanges: Option<usize>,
+    /// Overrides `[limits] max_exchange_duration` for this route.
+    pub max_exchange_duration: Option<Duration>,
     /// Line of the `[[routes]]` entry's `name`, for messages about the route as a whole.
     pub line: Option<usize>,
 }
@@ -193,6 +198,11 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     /// Per client address token bucket; `None` (the default) is off.
     pub rate_limit: Option<RateLimit>,
+    /// HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Cap on a whole exchange, request head to the last response byte; `None` (the
+    /// default) is off, because bulk-data downloads can rightly take hours.
+    pub max_exchange_duration: Option<Duration>,
 }
 
 /// Requests per second from one client address, with a burst allowance.
@@ -215,6 +225,8 @@ impl Default for Limits {
             max_headers: 100,
             body_idle_timeout: Duration::from_secs(30),
             rate_limit: None,
+            max_concurrent_streams: 100,
+            max_exchange_duration: None,
         }
     }
 }
@@ -320,6 +332,8 @@ struct RawRoute {
     forwarded: Option<bool>,
     allow_plaintext_upstream: Option<bool>,
     max_request_body_bytes: Option<Spanned<i64>>,
+    max_concurrent_exchanges: Option<Spanned<i64>>,
+    max_exchange_duration: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -336,6 +350,8 @@ struct RawLimits {
     body_idle_timeout: Option<Spanned<String>>,
     rate_limit_per_ip: Option<Spanned<f64>>,
     rate_limit_burst: Option<Spanned<f64>>,
+    max_concurrent_streams: Option<Spanned<i64>>,
+    max_exchange_duration: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -589,6 +605,23 @@ impl Validator<'_> {
                 defaults.body_idle_timeout,
             )?,
             rate_limit: self.rate_limit(l)?,
+            max_concurrent_streams: u32::try_from(self.positive(
+                "max_concurrent_streams",
+                l.max_concurrent_streams.as_ref(),
+                defaults.max_concurrent_streams as usize,
+            )?)
+            .unwrap_or(u32::MAX),
+            max_exchange_duration: l
+                .max_exchange_duration
+                .as_ref()
+                .map(|d| {
+                    self.duration(
+                        "limits.max_exchange_duration".into(),
+                        Some(d),
+                        Duration::ZERO,
+                    )
+                })
+                .transpose()?,
         };
         let shutdown = ShutdownConfig {
             grace: self.duration(
@@ -948,6 +981,21 @@ impl Validator<'_> {
                     )
                 })?),
             },
+            max_concurrent_exchanges: match &raw.max_concurrent_exchanges {
+                None => None,
+                Some(v) => Some(usize::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    self.error(
+                        key("max_concurrent_exchanges"),
+                        Some(v.span()),
+                        format!("{} is not allowed; give a whole number greater than zero, or leave the key out for no cap", v.get_ref()),
+                    )
+                })?),
+            },
+            max_exchange_duration: raw
+                .max_exchange_duration
+                .as_ref()
+                .map(|d| self.duration(key("max_exchange_duration"), Some(d), Duration::ZERO))
+                .transpose()?,
             line: Some(self.line_of(raw.name.span().start)),
         })
     }

@@ -65,6 +65,12 @@ pub enum GatewayError {
     /// The client address's token bucket is empty.
     #[error("rate limit exceeded, retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The route's `max_concurrent_exchanges` are all in flight.
+    #[error("route at its concurrent exchange cap")]
+    RouteBusy,
+    /// The exchange ran past `max_exchange_duration` before the response head arrived.
+    #[error("exchange exceeded max_exchange_duration")]
+    ExchangeTooLong,
     /// A bug in the gateway.
     #[error("internal error")]
     Internal(#[source] BoxError),
@@ -136,7 +142,9 @@ impl GatewayError {
             },
             GatewayError::Overloaded
             | GatewayError::ShuttingDown
-            | GatewayError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | GatewayError::AuditUnavailable
+            | GatewayError::RouteBusy => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ExchangeTooLong => StatusCode::GATEWAY_TIMEOUT,
             // RFC 6585 §5.
             GatewayError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -166,7 +174,9 @@ impl GatewayError {
             },
             GatewayError::Overloaded
             | GatewayError::ShuttingDown
-            | GatewayError::AuditUnavailable => "transient",
+            | GatewayError::AuditUnavailable
+            | GatewayError::RouteBusy => "transient",
+            GatewayError::ExchangeTooLong => "timeout",
             GatewayError::HeaderTooLarge | GatewayError::UriTooLong => "too-long",
             GatewayError::PayloadTooLarge => "too-costly",
             GatewayError::RequestTimeout => "timeout",
@@ -212,6 +222,10 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => {
                 "Too many requests; retry after the time in Retry-After."
             }
+            GatewayError::RouteBusy => {
+                "This FHIR endpoint has too many requests in progress; retry later."
+            }
+            GatewayError::ExchangeTooLong => "The exchange took longer than this gateway allows.",
             GatewayError::Internal(_) => "The gateway failed to process the request.",
         }
     }
@@ -239,6 +253,10 @@ impl GatewayError {
         if let GatewayError::RateLimited { retry_after_secs } = self {
             // RFC 9110 §10.2.3: delay-seconds.
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        if let GatewayError::RouteBusy = self {
+            // Capacity frees up as exchanges finish; a second is a polite first retry.
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -398,6 +416,8 @@ mod tests {
             (GatewayError::Overloaded, 503, "transient"),
             (GatewayError::ShuttingDown, 503, "transient"),
             (GatewayError::AuditUnavailable, 503, "transient"),
+            (GatewayError::RouteBusy, 503, "transient"),
+            (GatewayError::ExchangeTooLong, 504, "timeout"),
             (GatewayError::HeaderTooLarge, 431, "too-long"),
             (GatewayError::UriTooLong, 414, "too-long"),
             (GatewayError::PayloadTooLarge, 413, "too-costly"),
@@ -542,17 +562,22 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_says_when_to_retry() {
+    fn rate_limit_and_a_busy_route_say_when_to_retry() {
         let response = GatewayError::RateLimited {
             retry_after_secs: 7,
         }
         .to_response("r", OutcomeFormat::Json);
         assert_eq!(response.headers()[RETRY_AFTER], "7");
-        for (error, status, _) in all() {
+        let response = GatewayError::RouteBusy.to_response("r", OutcomeFormat::Json);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        for (error, _, _) in all() {
             let response = error.to_response("r", OutcomeFormat::Json);
             assert_eq!(
                 response.headers().contains_key(RETRY_AFTER),
-                status == 429,
+                matches!(
+                    error,
+                    GatewayError::RateLimited { .. } | GatewayError::RouteBusy
+                ),
                 "{error}"
             );
         }

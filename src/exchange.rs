@@ -25,6 +25,8 @@ pub enum Outcome {
     UpstreamBroke,
     /// The client stopped reading (closed the connection or reset the stream) first.
     ClientAborted,
+    /// The response was still streaming at `max_exchange_duration`; it was aborted.
+    TimedOut,
 }
 
 impl Outcome {
@@ -33,6 +35,7 @@ impl Outcome {
             Outcome::Complete => "complete",
             Outcome::UpstreamBroke => "upstream-broke",
             Outcome::ClientAborted => "client-aborted",
+            Outcome::TimedOut => "timed-out",
         }
     }
 }
@@ -67,6 +70,12 @@ pub struct ExchangeRecord {
     /// Set when the audit trail is on: what only the audit record needs.
     pub audit: Option<AuditContext>,
     pub metrics: Arc<Metrics>,
+    /// When the exchange must be over (`max_exchange_duration`), once its route is known.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Holds the route's concurrency slot until the exchange ends.
+    pub route_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Keeps the connection from counting as idle until the exchange ends.
+    pub in_flight: Option<crate::idle::InFlight>,
 }
 
 /// The parts of an exchange only its AuditEvent needs, collected while it runs.

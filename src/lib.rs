@@ -21,6 +21,7 @@
 //! | the record of one exchange, reported when it ends | [`exchange`] |
 //! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
 //! | open-connection limits, overall and per client address | [`limits`] |
+//! | when a client connection counts as idle | [`idle`] |
 //! | `fhirgate check`: chains, expiry, coverage, upstream probes | [`check`] |
 //! | the one time source: Unix time, RFC 3339 UTC | [`clock`] |
 //! | human or JSON log lines | [`logging`] |
@@ -45,6 +46,7 @@ pub mod dev;
 pub mod error;
 pub mod exchange;
 pub mod headers;
+pub mod idle;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

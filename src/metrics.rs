@@ -71,6 +71,13 @@ pub struct CertificateLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamCertificateLabels {
+    pub route: Name,
+    /// The private host name the certificate was verified for.
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConfigLabels {
     pub hash: String,
 }
@@ -94,6 +101,8 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_info: Family<ConfigLabels, Gauge>,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub upstream_connections: Family<RouteLabels, Gauge>,
+    pub upstream_certificate_expiry: Family<UpstreamCertificateLabels, Gauge>,
     pub audit_queue_depth: Gauge,
 }
 
@@ -124,6 +133,8 @@ impl Metrics {
             config_reloads: Family::default(),
             config_info: Family::default(),
             certificate_expiry: Family::default(),
+            upstream_connections: Family::default(),
+            upstream_certificate_expiry: Family::default(),
             audit_queue_depth: Gauge::default(),
             registry: Registry::default(),
         };
@@ -182,6 +193,16 @@ impl Metrics {
             "fhirgate_certificate_expiry_timestamp_seconds",
             "notAfter of each listener certificate, Unix seconds",
             m.certificate_expiry.clone(),
+        );
+        registry.register(
+            "fhirgate_upstream_connections",
+            "Open upstream connections (pooled, idle or in use), by route",
+            m.upstream_connections.clone(),
+        );
+        registry.register(
+            "fhirgate_upstream_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate each upstream last presented, Unix seconds",
+            m.upstream_certificate_expiry.clone(),
         );
         registry.register(
             "fhirgate_audit_queue_depth",

@@ -37,6 +37,8 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The TLS server name the client asked for, lower-case; `None` when it sent no SNI.
     pub sni: Option<Box<str>>,
+    /// Exchanges in flight on the connection, for its idle timeout (`None` outside a server).
+    pub activity: Option<Arc<crate::idle::Activity>>,
 }
 
 /// Everything an exchange needs from the configuration, built once and shared read-only.
@@ -51,6 +53,8 @@ pub struct Snapshot {
     /// Per client address rate limit, when configured (kept across reloads by the server).
     pub rate_limiter: Option<Arc<RateLimiter>>,
     max_uri_bytes: usize,
+    max_header_bytes: usize,
+    max_headers: usize,
     body_idle_timeout: std::time::Duration,
 }
 
@@ -59,20 +63,30 @@ struct RouteState {
     upstream: Upstream,
     forwarded: bool,
     max_request_body_bytes: Option<u64>,
+    /// `max_concurrent_exchanges`: one permit per exchange in flight.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The route's `max_exchange_duration`, or the global one.
+    max_exchange_duration: Option<std::time::Duration>,
 }
 
 impl Snapshot {
     /// Builds the route table and one upstream client per route (loading trust anchors).
-    pub fn build(config: &Config) -> Result<Snapshot, UpstreamTrustError> {
+    pub fn build(config: &Config, metrics: Arc<Metrics>) -> Result<Snapshot, UpstreamTrustError> {
         let routes = config
             .routes
             .iter()
             .map(|r| {
                 Ok(RouteState {
                     name: Arc::from(r.name.as_str()),
-                    upstream: Upstream::new(&config.file, r)?,
+                    upstream: Upstream::new(&config.file, r, &metrics)?,
                     forwarded: r.forwarded,
                     max_request_body_bytes: r.max_request_body_bytes,
+                    slots: r
+                        .max_concurrent_exchanges
+                        .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+                    max_exchange_duration: r
+                        .max_exchange_duration
+                        .or(config.limits.max_exchange_duration),
                 })
             })
             .collect::<Result<Vec<_>, UpstreamTrustError>>()?;
@@ -80,9 +94,11 @@ impl Snapshot {
             table: RouteTable::new(&config.routes),
             routes,
             audit: None,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             rate_limiter: config.limits.rate_limit.map(RateLimiter::new),
             max_uri_bytes: config.limits.max_uri_bytes,
+            max_header_bytes: config.limits.max_header_bytes,
+            max_headers: config.limits.max_headers,
             body_idle_timeout: config.limits.body_idle_timeout,
         })
     }
@@ -100,6 +116,11 @@ impl Snapshot {
         let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if target_len > self.max_uri_bytes {
             return Err(GatewayError::UriTooLong);
+        }
+        if parts.headers.len() > self.max_headers
+            || header_section_bytes(&parts) > self.max_header_bytes
+        {
+            return Err(GatewayError::HeaderTooLarge);
         }
 
         // 1. Which host the client asked for; `Host` is replaced by the upstream's below.
@@ -133,6 +154,14 @@ impl Snapshot {
             .ok_or(GatewayError::NoRoute)?;
         let route = &self.routes[matched.index];
         record.route = Some(route.name.clone());
+        if let Some(slots) = &route.slots {
+            // Refused at once rather than queued: a queue would only move the pile-up here.
+            let slot = slots.clone().try_acquire_owned();
+            record.route_slot = Some(slot.map_err(|_| GatewayError::RouteBusy)?);
+        }
+        record.deadline = route
+            .max_exchange_duration
+            .map(|limit| tokio::time::Instant::from_std(record.started) + limit);
         if let Some(audit) = &mut record.audit {
             audit.below_base = Some(matched.remainder.to_owned());
         }
@@ -181,10 +210,15 @@ impl Snapshot {
             route.max_request_body_bytes,
             self.body_idle_timeout,
         );
-        let result = route
+        let exchange = route
             .upstream
-            .send(Request::from_parts(parts, body), body_sent)
-            .await;
+            .send(Request::from_parts(parts, body), body_sent);
+        let result = match record.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
+                .await
+                .unwrap_or(Err(GatewayError::ExchangeTooLong)),
+            None => exchange.await,
+        };
         // A body the gateway itself cut off explains the failed upstream request.
         result.map_err(|error| {
             if state.too_large.load(Ordering::Relaxed) {
@@ -198,6 +232,20 @@ impl Snapshot {
             }
         })
     }
+}
+
+/// The size of the request head as an HTTP/1.1 request line and header lines (the same
+/// measure for HTTP/2, whose HPACK-compressed size says little about what it costs to hold).
+fn header_section_bytes(parts: &Parts) -> usize {
+    let request_line = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n ".len();
+    parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum::<usize>()
+        + request_line
 }
 
 /// The access token of an `Authorization: Bearer …` or `Authorization: DPoP …` request
@@ -247,6 +295,9 @@ pub async fn handle(
         outcome: Outcome::ClientAborted,
         audit: None,
         metrics: snapshot.metrics.clone(),
+        deadline: None,
+        route_slot: None,
+        in_flight: conn.activity.as_ref().map(|a| a.begin()),
     };
     if let Some(auditor) = &snapshot.audit {
         // Records are never dropped: while the audit queue is full this waits, and while
@@ -357,6 +408,8 @@ fn reason(error: &GatewayError) -> &'static str {
         GatewayError::PayloadTooLarge => "body-too-large",
         GatewayError::RequestTimeout => "body-idle",
         GatewayError::RateLimited { .. } => "rate-limited",
+        GatewayError::RouteBusy => "route-busy",
+        GatewayError::ExchangeTooLong => "exchange-too-long",
         GatewayError::Internal(_) => "internal",
     }
 }

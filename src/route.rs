@@ -264,6 +264,8 @@ mod tests {
             response_timeout: Duration::from_secs(60),
             forwarded: true,
             max_request_body_bytes: None,
+            max_concurrent_exchanges: None,
+            max_exchange_duration: None,
             line: None,
         }
     }

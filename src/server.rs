@@ -12,7 +12,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -24,6 +23,7 @@ use arc_swap::ArcSwap;
 use crate::admin::{self, AdminState, Readiness};
 use crate::audit::{AuditError, AuditKey, Auditor, SecurityAudit};
 use crate::config::{Config, Limits};
+use crate::idle::Activity;
 use crate::limits::{ConnectionLimits, ConnectionPermit};
 use crate::metrics::{
     CertificateLabels, ConfigLabels, ConnectionLabels, HandshakeFailureLabels, ListenerLabels,
@@ -113,13 +113,15 @@ pub struct Prepared {
 }
 
 /// Loads every certificate, key and trust anchor the configuration names.
-pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+///
+/// `metrics` is where the upstream clients count their connections.
+pub fn prepare(config: &Config, metrics: &Arc<Metrics>) -> Result<Prepared, StartError> {
     let listeners = config
         .listeners
         .iter()
         .map(|l| tls::listener_tls(&config.file, l))
         .collect::<Result<Vec<_>, _>>()?;
-    let snapshot = Snapshot::build(config)?;
+    let snapshot = Snapshot::build(config, metrics.clone())?;
     if let Some(audit) = &config.audit {
         // Only the key is checked here; the sink is opened when serving starts.
         AuditKey::load(&config.file, &audit.key_file)?;
@@ -133,7 +135,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
 impl Gateway {
     /// Loads every certificate and trust anchor, binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let prepared = prepare(&config)?;
+        let prepared = prepare(&config, &Arc::new(Metrics::new()))?;
         let mut snapshot = prepared.snapshot;
         match &config.audit {
             Some(audit) => snapshot.audit = Some(Auditor::start(&config.file, audit)?),
@@ -393,7 +395,7 @@ impl Inner {
 
     async fn try_reload(&self) -> Result<(), StartError> {
         let config = Config::load(&self.config_file).map_err(Box::new)?;
-        let prepared = prepare(&config)?;
+        let prepared = prepare(&config, &self.metrics)?;
         let running: HashMap<String, (SocketAddr, SocketAddr)> = lock(&self.listeners)
             .iter()
             .map(|(name, l)| (name.clone(), (l.bind, l.addr)))
@@ -509,21 +511,41 @@ async fn watch_files(
     }
 }
 
+/// See [`http_builder`].
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// hyper-util's auto builder: HTTP/2 when the client negotiated `h2` (or sends its preface),
 /// HTTP/1.1 with keep-alive otherwise.
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    // hyper's own header limits are a backstop at twice the configured ones: between the
+    // two, the gateway itself answers 431 with an OperationOutcome (proxy::check_head);
+    // beyond, hyper refuses before anything is allocated per header.
+    let header_bytes_backstop = limits.max_header_bytes.saturating_mul(2);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // Also bounds the wait for the next request on an idle keep-alive connection.
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+        .max_headers(limits.max_headers.saturating_mul(2))
+        .max_buf_size(header_bytes_backstop.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(header_bytes_backstop).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets before the
+        // gateway has accepted them are bounded; past this the connection gets GOAWAY.
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        // Streams the client makes the gateway reset (protocol errors) are bounded too.
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+        // Finds peers that vanished without closing, even while a stream is stalled.
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }
 
@@ -550,15 +572,17 @@ impl Listener {
     /// Accepts until told to stop, then waits up to `grace` for open connections to finish.
     async fn run(self, socket: TcpListener, mut stop: watch::Receiver<bool>, grace: Duration) {
         let this = Arc::new(self);
-        let graceful = GracefulShutdown::new();
+        // Every connection task holds a receiver; the sender sees when the last one is gone.
+        let (open_tx, open_rx) = watch::channel(());
         loop {
             tokio::select! {
                 accepted = socket.accept() => match accepted {
                     Ok((stream, peer)) => match this.connection_limits.admit(peer.ip()) {
                         Ok(permit) => {
                             let conn = this.clone();
-                            let watcher = graceful.watcher();
-                            tokio::spawn(async move { conn.serve(stream, peer, watcher, permit).await });
+                            let stop = stop.clone();
+                            let open = open_rx.clone();
+                            tokio::spawn(async move { conn.serve(stream, peer, stop, permit, open).await });
                         }
                         Err(limit) => {
                             // Closed before any TLS work is spent on it.
@@ -577,11 +601,9 @@ impl Listener {
             }
         }
         drop(socket);
-        tracing::info!(listener = %this.name, open = graceful.count(), "draining");
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        drop(open_rx);
+        tracing::info!(listener = %this.name, open = open_tx.receiver_count(), "draining");
+        if tokio::time::timeout(grace, open_tx.closed()).await.is_err() {
             tracing::warn!(listener = %this.name, "grace period over; closing remaining connections");
         }
     }
@@ -623,8 +645,9 @@ impl Listener {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        watcher: Watcher,
+        mut stop: watch::Receiver<bool>,
         _permit: ConnectionPermit,
+        _open: watch::Receiver<()>,
     ) {
         let _ = stream.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + self.limits.tls_handshake_timeout;
@@ -729,10 +752,12 @@ impl Listener {
         let _open = OnDrop(move || {
             open.dec();
         });
+        let activity = Activity::new();
         let info = Arc::new(ConnectionInfo {
             listener: self.name.clone(),
             peer,
             sni,
+            activity: Some(activity.clone()),
         });
         let snapshot = self.snapshot.clone();
         let service = service_fn(move |request| {
@@ -745,7 +770,28 @@ impl Listener {
             .http
             .serve_connection(TokioIo::new(tls), service)
             .into_owned();
-        if let Err(error) = watcher.watch(connection).await {
+        let mut connection = std::pin::pin!(connection);
+        let idle = activity.idle_for(self.limits.idle_timeout);
+        let mut idle = std::pin::pin!(idle);
+        // Drain and idle both end the connection gracefully: HTTP/2 sends GOAWAY and lets
+        // open streams finish; HTTP/1.1 finishes the exchange in flight (its response
+        // carries `Connection: close`) and closes.
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                () = stopped(&mut stop), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = &mut idle, if !closing => {
+                    tracing::debug!(listener = %self.name, %peer, "closing idle connection");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(error) = result {
             tracing::debug!(listener = %self.name, %peer, %error, "connection ended with an error");
         }
     }

@@ -201,6 +201,12 @@ fn chain_out_of_order(chain: &[CertificateDer<'_>]) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// notAfter of a certificate, Unix seconds (for the upstream certificate expiry metric).
+pub fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// DNS subjectAltNames (lower-cased) and notAfter of a leaf certificate.
 fn leaf_names(der: &CertificateDer<'_>) -> Option<(Vec<String>, i64)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;

@@ -26,7 +26,11 @@ use tokio::sync::oneshot;
 use crate::body::RequestBody;
 use crate::config::RouteConfig;
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
+use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
 use crate::tls::{UpstreamTrustError, upstream_client_config};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::Arc;
 
 /// How long an unused pooled connection is kept open.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -43,7 +47,11 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the client for `route`, loading its trust anchors.
-    pub fn new(config_file: &Path, route: &RouteConfig) -> Result<Upstream, UpstreamTrustError> {
+    pub fn new(
+        config_file: &Path,
+        route: &RouteConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Upstream, UpstreamTrustError> {
         let tls = upstream_client_config(config_file, route)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -55,9 +63,23 @@ impl Upstream {
             builder.https_or_http()
         };
         let https = builder.enable_http1().enable_http2().wrap_connector(http);
+        let route_name = Name(Arc::from(route.name.as_str()));
         let connector = Connector {
             inner: https,
             timeout: route.connect_timeout,
+            open: metrics
+                .upstream_connections
+                .get_or_create(&RouteLabels {
+                    route: route_name.clone(),
+                })
+                .clone(),
+            certificate_expiry: metrics
+                .upstream_certificate_expiry
+                .get_or_create(&UpstreamCertificateLabels {
+                    route: route_name,
+                    host: route.upstream.host.clone(),
+                })
+                .clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -186,19 +208,23 @@ fn connect_failure_kind(error: &(dyn std::error::Error + 'static)) -> UpstreamFa
     }
 }
 
-/// hyper-rustls' connector under one deadline covering TCP connect and TLS handshake.
+/// hyper-rustls' connector under one deadline covering TCP connect and TLS handshake, with
+/// every connection counted and the upstream's certificate expiry noted.
 #[derive(Clone)]
 pub struct Connector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
+    /// `fhirgate_upstream_connections{route}`.
+    open: Gauge,
+    /// `fhirgate_upstream_certificate_expiry_timestamp_seconds{route,host}`.
+    certificate_expiry: Gauge,
 }
 
-type ConnectFuture = Pin<
-    Box<dyn Future<Output = Result<MaybeHttpsStream<TokioIo<TcpStream>>, ConnectError>> + Send>,
->;
+type UpstreamStream = Counted<MaybeHttpsStream<TokioIo<TcpStream>>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Response = UpstreamStream;
     type Error = ConnectError;
     type Future = ConnectFuture;
 
@@ -211,15 +237,94 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
         let timeout = self.timeout;
+        let open = self.open.clone();
+        let certificate_expiry = self.certificate_expiry.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(result) => result.map_err(ConnectError::from_connector),
-                Err(elapsed) => Err(ConnectError {
-                    kind: UpstreamFailure::ConnectTimeout,
-                    source: elapsed.into(),
-                }),
+            let stream = match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(ConnectError::from_connector)?,
+                Err(elapsed) => {
+                    return Err(ConnectError {
+                        kind: UpstreamFailure::ConnectTimeout,
+                        source: elapsed.into(),
+                    });
+                }
+            };
+            if let MaybeHttpsStream::Https(tls) = &stream
+                && let Some(leaf) = tls
+                    .inner()
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                && let Some(not_after) = crate::tls::not_after(leaf)
+            {
+                certificate_expiry.set(not_after);
             }
+            open.inc();
+            Ok(Counted {
+                inner: stream,
+                open,
+            })
         })
+    }
+}
+
+/// An upstream connection that counts itself open until the pool drops it.
+pub struct Counted<S> {
+    inner: S,
+    open: Gauge,
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl<S: Connection> Connection for Counted<S> {
+    fn connected(&self) -> Connected {
+        // Carries the negotiated ALPN protocol: the pool multiplexes HTTP/2 connections.
+        self.inner.connected()
+    }
+}
+
+impl<S: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -233,18 +233,48 @@ async fn the_rate_limit_answers_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn too_many_header_lines_are_refused() {
-    let (pki, destination, gw) = limited("max_headers = 20", "").await;
+async fn too_many_or_too_large_header_fields_are_431_outcomes() {
+    let (pki, destination, gw) = limited("max_headers = 20\nmax_header_bytes = 4096", "").await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
-    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
-    let mut request = get("/dest-a/x");
-    for i in 0..30 {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
-            http::HeaderValue::from_static("1"),
+    for proto in BOTH {
+        let mut many = get("/dest-a/x");
+        for i in 0..30 {
+            many.headers_mut().insert(
+                http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        let mut large = get("/dest-a/x");
+        large.headers_mut().insert(
+            "x-large",
+            http::HeaderValue::from_str(&"a".repeat(5000)).unwrap(),
         );
+        for (what, request) in [("30 header fields", many), ("a 5000-byte field", large)] {
+            let mut conn = client.connect(PUBLIC_HOST, proto).await;
+            let response = conn.send(request).await.unwrap();
+            assert_eq!(response.status(), 431, "{proto:?}: {what}");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/fhir+json; charset=utf-8"
+            );
+            let body = text_of(response).await;
+            assert!(
+                body.contains(r#""code":"too-long""#),
+                "{proto:?}: {what}: {body}"
+            );
+        }
+        // Just under both limits passes.
+        let mut fine = get("/dest-a/x");
+        fine.headers_mut().insert(
+            "x-large",
+            http::HeaderValue::from_str(&"a".repeat(3000)).unwrap(),
+        );
+        let mut conn = client.connect(PUBLIC_HOST, proto).await;
+        assert_eq!(conn.send(fine).await.unwrap().status(), 200, "{proto:?}");
     }
-    let status = conn.send(request).await.map(|r| r.status().as_u16());
-    assert!(matches!(status, Ok(431) | Err(_)), "{status:?}");
-    assert!(destination.requests().is_empty());
+    assert_eq!(
+        destination.requests().len(),
+        2,
+        "only the fine requests passed"
+    );
 }

@@ -103,6 +103,10 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         r#"fhirgate_open_connections{listener="public",protocol="h2"} 1"#,
         r#"fhirgate_certificate_expiry_timestamp_seconds{listener="public",name="fhir.example.org"} 4070908800"#,
         r#"fhirgate_response_body_bytes_total{route="dest-a"} 105"#,
+        // Three exchanges, one pooled connection (HTTP/2 to the destination); none to "dead".
+        r#"fhirgate_upstream_connections{route="dest-a"} 1"#,
+        r#"fhirgate_upstream_connections{route="dead"} 0"#,
+        r#"fhirgate_upstream_certificate_expiry_timestamp_seconds{route="dest-a",host="localhost"} 4070908800"#,
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

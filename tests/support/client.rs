@@ -120,6 +120,24 @@ impl Client {
 }
 
 impl Conn {
+    /// Whether the gateway has closed the connection (or sent HTTP/2 GOAWAY).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(s) => s.is_closed(),
+            Conn::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Waits (bounded by [`TIMEOUT`]) until the gateway has closed the connection.
+    pub async fn closed(&self) {
+        bounded("the gateway closing the connection", async {
+            while !self.is_closed() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
     /// HTTP over an established TLS stream.
     pub async fn over(tls: TlsStream<TcpStream>, proto: Proto) -> Conn {
         let io = TokioIo::new(tls);

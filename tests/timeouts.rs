@@ -1,0 +1,186 @@
+//! Timeouts and caps on a running gateway: idle keep-alive connections are closed, the
+//! optional cap on a whole exchange (504 before the response head, an aborted body after),
+//! and the per-route cap on exchanges in flight (503).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use support::*;
+
+fn toml(destination_port: u16, limits: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:0"
+  [[listeners.certificates]]
+  cert = "public.pem"
+  key = "public.key"
+[[routes]]
+name = "dest-a"
+public_base = "https://{PUBLIC_HOST}/dest-a"
+upstream = "https://localhost:{destination_port}/fhir"
+upstream_ca = "private-ca.pem"
+{route_extra}
+[[routes]]
+name = "dest-b"
+public_base = "https://{PUBLIC_HOST}/dest-b"
+upstream = "https://localhost:{destination_port}/fhir"
+upstream_ca = "private-ca.pem"
+[limits]
+{limits}
+"#
+    )
+}
+
+async fn gateway(limits: &str, route_extra: &str) -> (Pki, Destination, TestGateway) {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    let toml = toml(destination.addr.port(), limits, route_extra);
+    let gw = TestGateway::start(&pki, &toml).await;
+    (pki, destination, gw)
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_busy_ones_are_not() {
+    // The header read timeout is long, so only the idle timeout can close the connections.
+    let (pki, _destination, gw) = gateway(
+        r#"idle_timeout = "1s"
+header_read_timeout = "60s""#,
+        "",
+    )
+    .await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    for proto in BOTH {
+        let mut conn = client.connect(PUBLIC_HOST, proto).await;
+        let response = conn.send(get("/dest-a/Patient/1")).await.unwrap();
+        assert_eq!(response.status(), 200, "{proto:?}");
+        text_of(response).await;
+        let idle_from = Instant::now();
+        conn.closed().await;
+        assert!(
+            idle_from.elapsed() >= Duration::from_millis(900),
+            "{proto:?}: closed after {:?}, before the idle timeout",
+            idle_from.elapsed()
+        );
+
+        // An exchange in flight for longer than the idle timeout keeps its connection.
+        let mut conn = client.connect(PUBLIC_HOST, proto).await;
+        let response = conn.send(get("/dest-a/slow?ms=2500")).await.unwrap();
+        assert_eq!(response.status(), 200, "{proto:?}");
+        text_of(response).await;
+        assert!(!conn.is_closed(), "{proto:?}: a busy connection was closed");
+        let response = conn.send(get("/dest-a/Patient/1")).await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "{proto:?}: the connection was not reusable"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exchange_duration_cap_is_off_by_default() {
+    let (pki, _destination, gw) = gateway(r#"idle_timeout = "1s""#, "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let response = client.get("/dest-a/slow?ms=1500", Proto::Http2).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn exchange_over_its_cap_is_504_before_the_head_and_aborted_after() {
+    let (pki, destination, gw) = gateway(
+        r#"max_exchange_duration = "1s""#,
+        // dest-a lifts the cap for itself: a per-route override.
+        r#"max_exchange_duration = "1h""#,
+    )
+    .await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    for proto in BOTH {
+        // No response head within the cap: the gateway answers 504 itself.
+        let response = client.get("/dest-b/slow?ms=3000", proto).await;
+        assert_eq!(response.status(), 504, "{proto:?}");
+        let body = text_of(response).await;
+        assert!(body.contains(r#""code":"timeout""#), "{proto:?}: {body}");
+        assert!(!body.contains("localhost"), "{proto:?}: {body}");
+
+        // A response still streaming at the cap is aborted, never cut short silently.
+        const SIZE: u64 = 64 << 20;
+        let response = client
+            .get(&format!("/dest-b/download?bytes={SIZE}"), proto)
+            .await;
+        assert_eq!(response.status(), 200, "{proto:?}");
+        let mut body = response.into_body();
+        let mut received = 0u64;
+        let ended = bounded("the aborted download", async {
+            loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        received += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        // A slow reader, so the exchange outlives the cap.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Some(Err(_)) => return "aborted",
+                    None => return "complete",
+                }
+            }
+        })
+        .await;
+        assert_eq!(ended, "aborted", "{proto:?}: {received} of {SIZE} bytes");
+        assert!(received < SIZE, "{proto:?}");
+
+        // The route with its own, longer cap is not affected.
+        let response = client.get("/dest-a/slow?ms=1500", proto).await;
+        assert_eq!(response.status(), 200, "{proto:?}");
+    }
+    assert!(destination.requests().len() >= 6);
+}
+
+#[tokio::test]
+async fn route_at_its_concurrency_cap_answers_503_and_other_routes_are_unaffected() {
+    let (pki, destination, gw) = gateway("", "max_concurrent_exchanges = 1").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let response = client.get("/dest-a/slow?ms=1500", Proto::Http2).await;
+            (response.status(), text_of(response).await)
+        }
+    });
+    bounded("the slow request reaching the destination", async {
+        while destination.requests().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    for proto in BOTH {
+        let response = client.get("/dest-a/Patient/1", proto).await;
+        assert_eq!(response.status(), 503, "{proto:?}");
+        assert_eq!(response.headers()["retry-after"], "1", "{proto:?}");
+        let body = text_of(response).await;
+        assert!(body.contains(r#""code":"transient""#), "{proto:?}: {body}");
+        // Another route to the same destination has its own (here: no) cap.
+        let response = client.get("/dest-b/Patient/1", proto).await;
+        assert_eq!(response.status(), 200, "{proto:?}");
+    }
+    assert_eq!(
+        destination
+            .requests()
+            .iter()
+            .filter(|r| r.target.contains("/Patient/1"))
+            .count(),
+        2,
+        "only dest-b's requests reached the destination"
+    );
+
+    let (status, _) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    // The slot is given back when the exchange ends.
+    let response = client.get("/dest-a/Patient/1", Proto::Http1).await;
+    assert_eq!(response.status(), 200);
+}
