@@ -17,6 +17,7 @@
 pub mod client;
 pub mod destination;
 pub mod gateway;
+pub mod h2raw;
 pub mod pki;
 
 pub use client::*;
