@@ -1076,6 +1076,12 @@ fn parse_url(text: &str) -> Result<BaseUrl, String> {
             "{text:?} has no host; write https://host[:port]/path"
         ));
     }
+    // RFC 1035 §2.3.4; the route table matches no longer host.
+    if host.len() > 253 {
+        return Err(format!(
+            "{text:?} has a host name longer than 253 characters, which no DNS name can be"
+        ));
+    }
     let default_port = if tls { 443 } else { 80 };
     let port = authority.port_u16().unwrap_or(default_port);
     let bracketed = if host.contains(':') {

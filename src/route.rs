@@ -96,6 +96,10 @@ impl RouteTable {
 
     /// The routes of one host, compared case-insensitively without allocating.
     fn entries_for(&self, host: &str) -> Option<&Vec<Entry>> {
+        // Whatever its case: no DNS name is this long (the configuration refuses such hosts).
+        if host.len() > MAX_HOST {
+            return None;
+        }
         if !host.bytes().any(|b| b.is_ascii_uppercase()) {
             return self.by_host.get(host);
         }
@@ -117,7 +121,14 @@ impl RouteTable {
 pub fn host_without_port(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return match rest.split_once(']') {
-            Some((host, after)) if after.is_empty() || is_port_suffix(after) => host,
+            // Only an IPv6 address loses its brackets: `[a:]` or `[fhir.example.org:]` is not
+            // one, and unwrapping it would make a second call strip the colon too.
+            Some((host, after))
+                if (after.is_empty() || is_port_suffix(after))
+                    && host.parse::<std::net::Ipv6Addr>().is_ok() =>
+            {
+                host
+            }
             _ => authority,
         };
     }
@@ -379,6 +390,14 @@ mod tests {
         // The proxy strips the port first and may pass the result in again.
         assert_eq!(hit(&t, "::1", "/v6"), Some((4, "")));
         assert_eq!(hit(&t, "[::1]junk", "/v6"), None);
+        // Brackets hold IPv6 literals only; a name in brackets matches nothing, however often
+        // the port is stripped.
+        assert_eq!(hit(&t, "[fhir.example.org:]", "/dest-a"), None);
+        assert_eq!(
+            host_without_port("[fhir.example.org:]:443"),
+            "[fhir.example.org:]:443"
+        );
+        assert_eq!(host_without_port("[a:]"), "[a:]");
     }
 
     #[test]
