@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: fhirgate side by side with nginx and HAProxy as TLS-terminating,
+# re-encrypting reverse proxies, and with no proxy at all ("direct").
+#
+#   bash benches/e2e.sh            # full run: every scenario, median of 3
+#   bash benches/e2e.sh --quick    # smoke run: one repetition, smaller loads
+#
+# HAProxy and nginx speak HTTP/1.1 to the destination (nginx cannot do otherwise; HAProxy
+# turns an HTTP/2 upstream's responses into HTTP/1.1 status lines without a reason phrase,
+# which h2load cannot count); fhirgate negotiates HTTP/2 by ALPN, as it does in production.
+#
+# Same semantics for every proxy: TLS on both sides, upstream certificate verified against
+# a private CA, upstream keep-alive, no buffering, no access log, one worker/thread pinned
+# to CPU 1 (taskset). The destination (nginx serving static FHIR payloads) and the load
+# generator (h2load; curl for the streams) share CPU 0. Proxy CPU is utime+stime from
+# /proc/PID/stat over the run; peak memory is VmHWM. Every run checks its answers (h2load
+# status counts, SHA-256 of the stream) so a fast wrong answer never counts.
+#
+# Installs nginx, haproxy and nghttp2-client (h2load) from Debian's packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if [ $QUICK = 1 ]; then REPS=1; SMALL_N=4000; BIG_N=100; TLS_N=300; STREAM_MB=64
+else REPS=3; SMALL_N=30000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need nginx || ! need haproxy || ! need h2load; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy nghttp2-client >/dev/null
+fi
+systemctl stop nginx haproxy >/dev/null 2>&1 || true
+
+cargo build --release --locked -q --bin fhirgate
+FHIRGATE=$PWD/target/release/fhirgate
+
+W=$(mktemp -d /tmp/fhirgate-bench.XXXXXX)
+PIDS=()
+cleanup() { [ -n "${KEEP:-}" ] && return; for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; pkill -f "$W" 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+cd "$W"
+chmod 755 "$W"   # nginx workers run as nobody and must read the payloads
+
+# --- PKI (throw-away): a private CA for the destination, a public CA for the proxies. ----
+ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.pem" -days 2 \
+        -subj "/CN=$1" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null; }
+leaf() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" -subj "/CN=localhost" 2>/dev/null
+         openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" -days 2 \
+           -extfile <(printf "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n") 2>/dev/null; }
+ca private-ca; ca public-ca; leaf dest private-ca; leaf proxy public-ca
+cat proxy.pem proxy.key > proxy-haproxy.pem
+cat public-ca.pem private-ca.pem > client-ca.pem   # curl honours one --cacert only
+
+# --- Payloads: a 2 KB Patient, a 1 MB Bundle, an NDJSON export. -------------------------
+mkdir -p www/fhir/Patient www/fhir/bulk
+python3 - "$STREAM_MB" <<'PY'
+import json, sys
+name = {"family": "Chalmers", "given": ["Peter", "James"]}
+p = {"resourceType": "Patient", "id": "example", "name": [name] * 12, "gender": "male", "birthDate": "1974-12-25",
+     "address": [{"line": ["534 Erewhon St"], "city": "PleasantVille", "postalCode": "3999"}] * 6}
+open("www/fhir/Patient/example", "w").write(json.dumps(p)[:2048].ljust(2048))
+entry = {"fullUrl": "https://localhost/fhir/Patient/example", "resource": p}
+b = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+s = json.dumps(b)
+while len(s) < 1 << 20:
+    b["entry"].append(entry); s = json.dumps(b)
+open("www/fhir/bundle", "w").write(s[: 1 << 20])
+line = (json.dumps(p) + "\n").encode()
+with open("www/fhir/bulk/export.ndjson", "wb") as f:
+    for _ in range((int(sys.argv[1]) << 20) // len(line)):
+        f.write(line)
+PY
+chmod -R a+rX www
+STREAM_SHA=$(sha256sum www/fhir/bulk/export.ndjson | cut -d' ' -f1)
+STREAM_BYTES=$(stat -c %s www/fhir/bulk/export.ndjson)
+
+DEST=19443; GW=18443; NGX=18444; HAP=18445
+
+# --- Destination: nginx on CPU 0, TLS, HTTP/1.1 and HTTP/2. -----------------------------
+cat > dest.conf <<EOF
+worker_processes 1; pid $W/dest.pid; error_log $W/dest.err; daemon off;
+events { worker_connections 4096; }
+http { access_log off; sendfile on; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$DEST ssl http2; ssl_certificate $W/dest.pem; ssl_certificate_key $W/dest.key;
+           root $W/www; default_type application/fhir+json; } }
+EOF
+taskset -c 0 nginx -c "$W/dest.conf" -p "$W" & PIDS+=($!)
+
+# --- The proxies, one at a time on CPU 1. ------------------------------------------------
+start_fhirgate() {
+  cat > fhirgate.toml <<EOF
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:$GW"
+  [[listeners.certificates]]
+  cert = "proxy.pem"
+  key = "proxy.key"
+[[routes]]
+name = "bench"
+public_base = "https://localhost/fhir"
+upstream = "https://localhost:$DEST/fhir"
+upstream_ca = "private-ca.pem"
+[log]
+level = "warn"
+EOF
+  TOKIO_WORKER_THREADS=1 taskset -c 1 "$FHIRGATE" run --config "$W/fhirgate.toml" 2>"$W/fhirgate.err" & PROXY_PID=$!
+  PORT=$GW
+}
+start_nginx() {
+  cat > proxy-nginx.conf <<EOF
+worker_processes 1; pid $W/ngx.pid; error_log $W/ngx.err; daemon off;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  upstream dest { server 127.0.0.1:$DEST; keepalive 64; }
+  server { listen 127.0.0.1:$NGX ssl http2; ssl_certificate $W/proxy.pem; ssl_certificate_key $W/proxy.key;
+    location / { proxy_pass https://dest; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_verify on; proxy_ssl_trusted_certificate $W/private-ca.pem; proxy_ssl_name localhost;
+      proxy_ssl_server_name on; proxy_ssl_session_reuse on;
+      proxy_buffering off; proxy_request_buffering off; } } }
+EOF
+  taskset -c 1 nginx -c "$W/proxy-nginx.conf" -p "$W" & PROXY_PID=$!
+  PORT=$NGX
+}
+start_haproxy() {
+  cat > haproxy.cfg <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$HAP ssl crt $W/proxy-haproxy.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  http-reuse always
+  server dest 127.0.0.1:$DEST ssl verify required ca-file $W/private-ca.pem sni str(localhost) verifyhost localhost alpn http/1.1
+EOF
+  taskset -c 1 haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.err" 2>&1 & PROXY_PID=$!
+  PORT=$HAP
+}
+start_direct() { PROXY_PID=""; PORT=$DEST; }
+
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
+  echo "port $1 not up" >&2; tail -n 5 "$W"/*.err >&2; exit 1
+}
+stop_proxy() { [ -n "${PROXY_PID:-}" ] && { kill "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null || true; }; PROXY_PID=""; }
+
+# CPU seconds (utime+stime) of a process and its children that are still running.
+cpu_of() {
+  [ -z "$1" ] && { echo 0; return; }
+  local total=0 tick; tick=$(getconf CLK_TCK)
+  for p in $1 $(pgrep -P "$1" || true); do
+    [ -r /proc/$p/stat ] || continue
+    total=$(( total + $(awk '{print $14 + $15}' /proc/$p/stat) ))
+  done
+  python3 -c "print($total / $tick)"
+}
+hwm_of() {
+  [ -z "$1" ] && { echo 0; return; }
+  local max=0
+  for p in $1 $(pgrep -P "$1" || true); do
+    local v; v=$(awk '/VmHWM/ {print $2}' /proc/$p/status 2>/dev/null || echo 0)
+    [ "${v:-0}" -gt "$max" ] && max=$v
+  done
+  echo $(( max / 1024 ))
+}
+
+# One h2load run; prints "reqs_per_s p50_ms p99_ms errors cpu_us_per_req hwm_mib".
+run_h2load() {  # proxy-start-fn, h2load args...
+  local start=$1; shift
+  $start; wait_port "$PORT"
+  local url; url=$(printf '%s' "$*" | sed "s/PORT/$PORT/g")
+  local before; before=$(cpu_of "$PROXY_PID")
+  # shellcheck disable=SC2086
+  rm -f "$W/h2load.log"   # h2load appends to its log file
+  taskset -c 0 h2load --log-file="$W/h2load.log" $url > "$W/h2load.out" 2>&1 || true
+  cp "$W/h2load.out" "$W/h2load-$start.out"; cp "$W/h2load.log" "$W/h2load-$start.log"
+  local after; after=$(cpu_of "$PROXY_PID")
+  local hwm; hwm=$(hwm_of "$PROXY_PID")
+  stop_proxy
+  python3 - "$W/h2load.out" "$W/h2load.log" "$before" "$after" "$hwm" <<'PY'
+import re, sys
+out = open(sys.argv[1]).read()
+m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+codes = re.search(r"status codes: (\d+) 2xx", out)
+total, done, ok, failed, errored = map(int, m.groups()) if m else (0, 0, 0, 0, 1)
+twoxx = int(codes.group(1)) if codes else 0
+lat = sorted(int(l.split()[2]) for l in open(sys.argv[2]) if l.strip())
+p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000 if lat else float("nan")
+cpu = (float(sys.argv[4]) - float(sys.argv[3])) * 1e6 / max(ok, 1)
+errors = total - twoxx
+print(f"{float(rps.group(1)) if rps else 0:.0f} {p(0.5):.2f} {p(0.99):.2f} {errors} {cpu:.1f} {sys.argv[5]}")
+PY
+}
+
+# One stream download through curl; prints "MiB_per_s sha_ok cpu_s_per_GiB hwm_mib".
+run_stream() {
+  local start=$1
+  $start; wait_port "$PORT"
+  local before; before=$(cpu_of "$PROXY_PID")
+  local t0; t0=$(date +%s.%N)
+  local sha; sha=$(taskset -c 0 curl -s --http1.1 --cacert "$W/client-ca.pem" \
+      "https://localhost:$PORT/fhir/bulk/export.ndjson" | sha256sum | cut -d' ' -f1)
+  local t1; t1=$(date +%s.%N)
+  local after; after=$(cpu_of "$PROXY_PID")
+  local hwm; hwm=$(hwm_of "$PROXY_PID")
+  stop_proxy
+  python3 -c "
+mb=$STREAM_BYTES/1048576; dt=$t1-$t0; gib=$STREAM_BYTES/1073741824
+print(f'{mb/dt:.0f} {\"yes\" if \"$sha\"==\"$STREAM_SHA\" else \"NO\"} {($after-$before)/gib:.2f} $hwm')"
+}
+
+median_of() {  # runs "$@" REPS times, prints the run with the median first column
+  local rows=()
+  for _ in $(seq $REPS); do rows+=("$("$@")"); done
+  printf '%s\n' "${rows[@]}" | sort -n -k1 | sed -n "$(( (REPS + 1) / 2 ))p"
+}
+
+cat /dev/null > /dev/null
+ALL="start_direct start_fhirgate start_nginx start_haproxy"
+name() { case $1 in start_direct) echo direct;; start_fhirgate) echo fhirgate;; start_nginx) echo "nginx $(nginx -v 2>&1 | sed 's/.*\///')";; start_haproxy) echo "HAProxy $(haproxy -v | head -1 | awk '{print $3}')";; esac; }
+
+echo "# fhirgate end-to-end benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $("$FHIRGATE" --version)"
+[ $QUICK = 1 ] && echo "(quick mode: one repetition, small loads — not for comparison)"
+
+scenario() {  # title, h2load args
+  [[ "$1" =~ ${ONLY:-.} ]] || return 0
+  echo; echo "## $1"; echo
+  echo "| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | proxy peak RSS MiB | % of direct |"
+  echo "|---|---|---|---|---|---|---|---|"
+  local direct_rps=""
+  for t in $ALL; do
+    read -r rps p50 p99 err cpu hwm < <(median_of run_h2load "$t" "$2")
+    [ "$t" = start_direct ] && direct_rps=$rps
+    local pct; pct=$(python3 -c "print(f'{100*$rps/max($direct_rps,1):.0f}')")
+    if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
+    echo "| $(name "$t") | $rps | $p50 | $p99 | $err | $cpu | $hwm | $pct |"
+  done
+}
+
+scenario "GET 2 KB Patient, HTTP/1.1, 50 keep-alive connections" "--h1 -c 50 -n $SMALL_N https://localhost:PORT/fhir/Patient/example"
+scenario "GET 2 KB Patient, HTTP/2, 10 connections × 5 streams" "-c 10 -m 5 -n $SMALL_N https://localhost:PORT/fhir/Patient/example"
+scenario "GET 1 MB Bundle, HTTP/1.1, 10 connections" "--h1 -c 10 -n $BIG_N https://localhost:PORT/fhir/bundle"
+scenario "GET 1 MB Bundle, HTTP/2, 4 connections × 4 streams" "-c 4 -m 4 -n $BIG_N https://localhost:PORT/fhir/bundle"
+scenario "New TLS 1.3 connection per request (ECDSA P-256), HTTP/1.1" "--h1 -c $TLS_N -n $TLS_N https://localhost:PORT/fhir/Patient/example"
+
+echo; echo "## ${STREAM_MB} MiB NDJSON download, one stream (curl, HTTP/1.1)"; echo
+echo "| target | MiB/s | byte-exact | proxy CPU s per GiB | proxy peak RSS MiB | % of direct |"
+echo "|---|---|---|---|---|---|"
+direct_mbs=""
+for t in $ALL; do
+  read -r mbs ok cpu hwm < <(median_of run_stream "$t")
+  [ "$t" = start_direct ] && direct_mbs=$mbs
+  pct=$(python3 -c "print(f'{100*$mbs/max($direct_mbs,1):.0f}')")
+  if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
+  echo "| $(name "$t") | $mbs | $ok | $cpu | $hwm | $pct |"
+done
