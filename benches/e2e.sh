@@ -5,9 +5,10 @@
 #   bash benches/e2e.sh            # full run: every scenario, median of 3
 #   bash benches/e2e.sh --quick    # smoke run: one repetition, smaller loads
 #
-# HAProxy and nginx speak HTTP/1.1 to the destination (nginx cannot do otherwise; HAProxy
+# Every proxy speaks pooled HTTP/1.1 to the destination (nginx cannot do otherwise; HAProxy
 # turns an HTTP/2 upstream's responses into HTTP/1.1 status lines without a reason phrase,
-# which h2load cannot count); fhirgate negotiates HTTP/2 by ALPN, as it does in production.
+# which h2load cannot count), so fhirgate runs with `upstream_http2 = false`; a last row
+# shows fhirgate with its default, HTTP/2 to the destination by ALPN.
 #
 # Same semantics for every proxy: TLS on both sides, upstream certificate verified against
 # a private CA, upstream keep-alive, no buffering, no access log, one worker/thread pinned
@@ -87,7 +88,9 @@ EOF
 taskset -c 0 nginx -c "$W/dest.conf" -p "$W" & PIDS+=($!)
 
 # --- The proxies, one at a time on CPU 1. ------------------------------------------------
-start_fhirgate() {
+start_fhirgate() { UPSTREAM_HTTP2=false start_fhirgate_with; }
+start_fhirgate_h2() { UPSTREAM_HTTP2=true start_fhirgate_with; }
+start_fhirgate_with() {
   cat > fhirgate.toml <<EOF
 [[listeners]]
 name = "public"
@@ -100,6 +103,7 @@ name = "bench"
 public_base = "https://localhost/fhir"
 upstream = "https://localhost:$DEST/fhir"
 upstream_ca = "private-ca.pem"
+upstream_http2 = $UPSTREAM_HTTP2
 [log]
 level = "warn"
 EOF
@@ -222,8 +226,8 @@ median_of() {  # runs "$@" REPS times, prints the run with the median first colu
 }
 
 cat /dev/null > /dev/null
-ALL="start_direct start_fhirgate start_nginx start_haproxy"
-name() { case $1 in start_direct) echo direct;; start_fhirgate) echo fhirgate;; start_nginx) echo "nginx $(nginx -v 2>&1 | sed 's/.*\///')";; start_haproxy) echo "HAProxy $(haproxy -v | head -1 | awk '{print $3}')";; esac; }
+ALL="start_direct start_fhirgate start_nginx start_haproxy start_fhirgate_h2"
+name() { case $1 in start_direct) echo direct;; start_fhirgate) echo fhirgate;; start_fhirgate_h2) echo "fhirgate, HTTP/2 upstream";; start_nginx) echo "nginx $(nginx -v 2>&1 | sed 's/.*\///')";; start_haproxy) echo "HAProxy $(haproxy -v | head -1 | awk '{print $3}')";; esac; }
 
 echo "# fhirgate end-to-end benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $("$FHIRGATE" --version)"
 [ $QUICK = 1 ] && echo "(quick mode: one repetition, small loads — not for comparison)"

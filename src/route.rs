@@ -275,6 +275,7 @@ mod tests {
             response_timeout: Duration::from_secs(60),
             forwarded: true,
             max_request_body_bytes: None,
+            upstream_http2: true,
             max_concurrent_exchanges: None,
             max_exchange_duration: None,
             line: None,

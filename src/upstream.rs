@@ -62,7 +62,11 @@ impl Upstream {
         } else {
             builder.https_or_http()
         };
-        let https = builder.enable_http1().enable_http2().wrap_connector(http);
+        let https = if route.upstream_http2 {
+            builder.enable_http1().enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
         let route_name = Name(Arc::from(route.name.as_str()));
         let connector = Connector {
             inner: https,

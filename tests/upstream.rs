@@ -252,6 +252,23 @@ async fn upstream_protocol_is_chosen_by_alpn() {
 }
 
 #[tokio::test]
+async fn upstream_http2_false_keeps_to_pooled_http1() {
+    // The destination offers h2, but the route asks for HTTP/1.1 only.
+    let setup = Setup::with_route_extra("upstream_http2 = false").await;
+    for proto in BOTH {
+        let response = setup.client().get("/dest-a/Patient/1", proto).await;
+        assert_eq!(response.status(), 200, "{proto:?}");
+        assert_eq!(text_of(response).await, PATIENT);
+        assert_eq!(
+            setup.destination.last().version,
+            http::Version::HTTP_11,
+            "{proto:?}"
+        );
+    }
+    assert_eq!(setup.destination.connection_count(), 1);
+}
+
+#[tokio::test]
 async fn a_failed_upstream_does_not_poison_the_route() {
     // 502 while the destination is down; once it is back on the same port, exchanges pass.
     let pki = Pki::new();
