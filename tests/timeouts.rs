@@ -49,7 +49,7 @@ async fn gateway(limits: &str, route_extra: &str) -> (Pki, Destination, TestGate
 async fn idle_keep_alive_connections_are_closed_busy_ones_are_not() {
     // The header read timeout is long, so only the idle timeout can close the connections.
     let (pki, _destination, gw) = gateway(
-        r#"idle_timeout = "1s"
+        r#"idle_timeout = "2s"
 header_read_timeout = "60s""#,
         "",
     )
@@ -63,14 +63,14 @@ header_read_timeout = "60s""#,
         let idle_from = Instant::now();
         conn.closed().await;
         assert!(
-            idle_from.elapsed() >= Duration::from_millis(900),
+            idle_from.elapsed() >= Duration::from_millis(1900),
             "{proto:?}: closed after {:?}, before the idle timeout",
             idle_from.elapsed()
         );
 
         // An exchange in flight for longer than the idle timeout keeps its connection.
         let mut conn = client.connect(PUBLIC_HOST, proto).await;
-        let response = conn.send(get("/dest-a/slow?ms=2500")).await.unwrap();
+        let response = conn.send(get("/dest-a/slow?ms=4500")).await.unwrap();
         assert_eq!(response.status(), 200, "{proto:?}");
         text_of(response).await;
         assert!(!conn.is_closed(), "{proto:?}: a busy connection was closed");
@@ -108,8 +108,9 @@ async fn exchange_over_its_cap_is_504_before_the_head_and_aborted_after() {
         assert!(body.contains(r#""code":"timeout""#), "{proto:?}: {body}");
         assert!(!body.contains("localhost"), "{proto:?}: {body}");
 
-        // A response still streaming at the cap is aborted, never cut short silently.
-        const SIZE: u64 = 64 << 20;
+        // A response still streaming at the cap is aborted, never cut short silently. No
+        // machine moves 16 GiB through two TLS hops within the 1 s cap.
+        const SIZE: u64 = 16 << 30;
         let response = client
             .get(&format!("/dest-b/download?bytes={SIZE}"), proto)
             .await;
@@ -121,8 +122,6 @@ async fn exchange_over_its_cap_is_504_before_the_head_and_aborted_after() {
                 match body.frame().await {
                     Some(Ok(frame)) => {
                         received += frame.data_ref().map_or(0, |d| d.len() as u64);
-                        // A slow reader, so the exchange outlives the cap.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Some(Err(_)) => return "aborted",
                     None => return "complete",
