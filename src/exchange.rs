@@ -14,7 +14,7 @@ use http::{HeaderValue, Method};
 
 use crate::audit::{Auditor, ExchangeAudit};
 use crate::body::RequestBodyState;
-use crate::metrics::{ExchangeLabels, Metrics, Name, RouteLabels};
+use crate::metrics::{ExchangeLabels, MethodLabel, Metrics, Name, RouteSeries};
 
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,8 @@ pub struct ExchangeRecord {
     /// Set when the audit trail is on: what only the audit record needs.
     pub audit: Option<AuditContext>,
     pub metrics: Arc<Metrics>,
+    /// The route's series, once the route is known.
+    pub series: Option<RouteSeries>,
     /// When the exchange must be over (`max_exchange_duration`), once its route is known.
     pub deadline: Option<tokio::time::Instant>,
     /// Holds the route's concurrency slot until the exchange ends.
@@ -91,29 +93,25 @@ pub struct AuditContext {
 }
 
 impl ExchangeRecord {
-    fn count(&self, seconds: f64) {
+    fn count(&mut self, seconds: f64) {
         let route = Name(self.route.clone().unwrap_or_else(|| Arc::from("-")));
+        let series = match self.series.take() {
+            Some(series) => series,
+            None => RouteSeries::new(&self.metrics, &route),
+        };
         self.metrics
             .exchanges
             .get_or_create(&ExchangeLabels {
-                route: route.clone(),
-                method: self.method.to_string(),
+                route,
+                method: MethodLabel(self.method.clone()),
                 status: self.status,
             })
             .inc();
-        let labels = RouteLabels { route };
-        self.metrics
-            .exchange_duration
-            .get_or_create(&labels)
-            .observe(seconds);
-        self.metrics
+        series.duration.observe(seconds);
+        series
             .bytes_received
-            .get_or_create(&labels)
             .inc_by(self.request_body.received.load(Ordering::Relaxed));
-        self.metrics
-            .bytes_sent
-            .get_or_create(&labels)
-            .inc_by(self.bytes_out);
+        series.bytes_sent.inc_by(self.bytes_out);
     }
 }
 

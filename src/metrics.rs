@@ -24,11 +24,42 @@ impl EncodeLabelValue for Name {
     }
 }
 
+/// A request method as a label value, without turning it into a `String` per exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MethodLabel(pub http::Method);
+
+impl EncodeLabelValue for MethodLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ExchangeLabels {
     pub route: Name,
-    pub method: String,
+    pub method: MethodLabel,
     pub status: u16,
+}
+
+/// A route's own series, looked up once per configuration instead of once per exchange.
+#[derive(Debug, Clone)]
+pub struct RouteSeries {
+    pub duration: Histogram,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+}
+
+impl RouteSeries {
+    pub fn new(metrics: &Metrics, route: &Name) -> RouteSeries {
+        let labels = RouteLabels {
+            route: route.clone(),
+        };
+        RouteSeries {
+            duration: metrics.exchange_duration.get_or_create(&labels).clone(),
+            bytes_received: metrics.bytes_received.get_or_create(&labels).clone(),
+            bytes_sent: metrics.bytes_sent.get_or_create(&labels).clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

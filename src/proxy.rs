@@ -24,7 +24,7 @@ use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format}
 use crate::exchange::{AuditContext, ExchangeRecord, Outcome, Responder};
 use crate::headers::{self, X_REQUEST_ID};
 use crate::limits::RateLimiter;
-use crate::metrics::{FailureLabels, Metrics, Name};
+use crate::metrics::{FailureLabels, Metrics, Name, RouteSeries};
 use crate::route::{self, RouteTable};
 use crate::tls::UpstreamTrustError;
 use crate::upstream::Upstream;
@@ -63,6 +63,8 @@ struct RouteState {
     upstream: Upstream,
     forwarded: bool,
     max_request_body_bytes: Option<u64>,
+    /// The route's metric series, shared by its exchanges.
+    series: RouteSeries,
     /// `max_concurrent_exchanges`: one permit per exchange in flight.
     slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The route's `max_exchange_duration`, or the global one.
@@ -81,6 +83,7 @@ impl Snapshot {
                     upstream: Upstream::new(&config.file, r, &metrics)?,
                     forwarded: r.forwarded,
                     max_request_body_bytes: r.max_request_body_bytes,
+                    series: RouteSeries::new(&metrics, &Name(Arc::from(r.name.as_str()))),
                     slots: r
                         .max_concurrent_exchanges
                         .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
@@ -154,6 +157,7 @@ impl Snapshot {
             .ok_or(GatewayError::NoRoute)?;
         let route = &self.routes[matched.index];
         record.route = Some(route.name.clone());
+        record.series = Some(route.series.clone());
         if let Some(slots) = &route.slots {
             // Refused at once rather than queued: a queue would only move the pile-up here.
             let slot = slots.clone().try_acquire_owned();
@@ -295,6 +299,7 @@ pub async fn handle(
         outcome: Outcome::ClientAborted,
         audit: None,
         metrics: snapshot.metrics.clone(),
+        series: None,
         deadline: None,
         route_slot: None,
         in_flight: conn.activity.as_ref().map(|a| a.begin()),

@@ -420,6 +420,56 @@ async fn an_unwritable_sink_refuses_exchanges_by_default_and_not_with_log_and_co
     }
 }
 
+#[tokio::test]
+async fn a_sink_that_recovers_gets_the_held_records_and_exchanges_resume() {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    pki.write("private-ca.pem", &pki.private_ca.pem);
+    std::fs::write(pki.path("audit.key"), KEY).unwrap();
+    // The audit path starts out as a full disk ...
+    let path = pki.path("audit.ndjson");
+    std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+    let toml = audited_toml(destination.addr.port(), "127.0.0.1:0", "");
+    let gw = TestGateway::start(&pki, &toml).await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    assert_eq!(send(&client, get("/dest-a/before-the-failure")).await, 200);
+    let mut last = 0;
+    for _ in 0..100 {
+        last = send(&client, get("/dest-a/while-failing")).await;
+        if last == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, 503, "the failing sink did not refuse exchanges");
+
+    // ... then space is freed: the writer's retry reopens the path and writes what it held.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"").unwrap();
+    let resumed = bounded("exchanges accepted again", async {
+        loop {
+            let status = send(&client, get("/dest-a/after-recovery")).await;
+            if status == 200 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(resumed, 200);
+    gw.stop().await;
+
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written.contains("before-the-failure"),
+        "the record held during the failure was lost"
+    );
+    assert!(written.contains("after-recovery"));
+    let (ok, report) = verify(&pki, "audit.ndjson", None);
+    assert!(ok, "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_and_sighup_reopens_the_file() {
     let pki = Pki::new();
