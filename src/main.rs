@@ -209,13 +209,21 @@ fn audit_verify(file: &Path, key_file: &Path, previous: Option<&str>) -> ExitCod
     }
 }
 
-/// One worker per CPU the process may run on (tokio reads the affinity mask and honours
-/// TOKIO_WORKER_THREADS), so `taskset -c 1 fhirgate run` uses one.
+/// One worker per CPU the process may run on (the affinity mask, or TOKIO_WORKER_THREADS),
+/// so `taskset -c 1 fhirgate run` uses one. With a single CPU the current-thread scheduler
+/// does the same work without the multi-thread scheduler's cross-thread wake-ups.
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    match builder.enable_all().build() {
         Ok(runtime) => Some(runtime),
         Err(error) => {
             tracing::error!(%error, "cannot start the runtime");
