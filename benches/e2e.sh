@@ -53,7 +53,7 @@ cat proxy.pem proxy.key > proxy-haproxy.pem
 cat public-ca.pem private-ca.pem > client-ca.pem   # curl honours one --cacert only
 
 # --- Payloads: a 2 KB Patient, a 1 MB Bundle, an NDJSON export. -------------------------
-mkdir -p www/fhir/Patient www/fhir/bulk
+mkdir -p www/fhir/Patient www/fhir/bulk www/fhir/upload tmp
 python3 - "$STREAM_MB" <<'PY'
 import json, sys
 name = {"family": "Chalmers", "given": ["Peter", "James"]}
@@ -72,6 +72,7 @@ with open("www/fhir/bulk/export.ndjson", "wb") as f:
         f.write(line)
 PY
 chmod -R a+rX www
+chmod 777 www/fhir/upload tmp   # nginx workers (nobody) store uploads here
 STREAM_SHA=$(sha256sum www/fhir/bulk/export.ndjson | cut -d' ' -f1)
 STREAM_BYTES=$(stat -c %s www/fhir/bulk/export.ndjson)
 
@@ -83,7 +84,8 @@ worker_processes 1; pid $W/dest.pid; error_log $W/dest.err; daemon off;
 events { worker_connections 4096; }
 http { access_log off; sendfile on; keepalive_requests 1000000;
   server { listen 127.0.0.1:$DEST ssl http2; ssl_certificate $W/dest.pem; ssl_certificate_key $W/dest.key;
-           root $W/www; default_type application/fhir+json; } }
+           root $W/www; default_type application/fhir+json; client_body_temp_path $W/tmp;
+           location /fhir/upload/ { dav_methods PUT; client_max_body_size 0; } } }
 EOF
 taskset -c 0 nginx -c "$W/dest.conf" -p "$W" & PIDS+=($!)
 
@@ -120,7 +122,7 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass https://dest; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_ssl_verify on; proxy_ssl_trusted_certificate $W/private-ca.pem; proxy_ssl_name localhost;
       proxy_ssl_server_name on; proxy_ssl_session_reuse on;
-      proxy_buffering off; proxy_request_buffering off; } } }
+      proxy_buffering off; proxy_request_buffering off; client_max_body_size 0; } } }
 EOF
   taskset -c 1 nginx -c "$W/proxy-nginx.conf" -p "$W" & PROXY_PID=$!
   PORT=$NGX
@@ -219,6 +221,26 @@ mb=$STREAM_BYTES/1048576; dt=$t1-$t0; gib=$STREAM_BYTES/1073741824
 print(f'{mb/dt:.0f} {\"yes\" if \"$sha\"==\"$STREAM_SHA\" else \"NO\"} {($after-$before)/gib:.2f} $hwm')"
 }
 
+# One stream upload through curl (PUT, stored by the destination); prints the same columns.
+run_upload() {
+  local start=$1
+  $start; wait_port "$PORT"
+  rm -f "$W/www/fhir/upload/export.ndjson"
+  local before; before=$(cpu_of "$PROXY_PID")
+  local t0; t0=$(date +%s.%N)
+  local code; code=$(taskset -c 0 curl -s --http1.1 --cacert "$W/client-ca.pem" -o /dev/null -w '%{http_code}' \
+      -T "$W/www/fhir/bulk/export.ndjson" "https://localhost:$PORT/fhir/upload/export.ndjson")
+  local t1; t1=$(date +%s.%N)
+  local after; after=$(cpu_of "$PROXY_PID")
+  local hwm; hwm=$(hwm_of "$PROXY_PID")
+  stop_proxy
+  local sha; sha=$(sha256sum "$W/www/fhir/upload/export.ndjson" 2>/dev/null | cut -d' ' -f1)
+  python3 -c "
+mb=$STREAM_BYTES/1048576; dt=$t1-$t0; gib=$STREAM_BYTES/1073741824
+ok = '$code' in ('201', '204') and '$sha' == '$STREAM_SHA'
+print(f'{mb/dt:.0f} {\"yes\" if ok else \"NO\"} {($after-$before)/gib:.2f} $hwm')"
+}
+
 median_of() {  # runs "$@" REPS times, prints the run with the median first column
   local rows=()
   for _ in $(seq $REPS); do rows+=("$("$@")"); done
@@ -253,14 +275,20 @@ scenario "GET 1 MB Bundle, HTTP/1.1, 10 connections" "--h1 -c 10 -n $BIG_N https
 scenario "GET 1 MB Bundle, HTTP/2, 4 connections × 4 streams" "-c 4 -m 4 -n $BIG_N https://localhost:PORT/fhir/bundle"
 scenario "New TLS 1.3 connection per request (ECDSA P-256), HTTP/1.1" "--h1 -c $TLS_N -n $TLS_N https://localhost:PORT/fhir/Patient/example"
 
-echo; echo "## ${STREAM_MB} MiB NDJSON download, one stream (curl, HTTP/1.1)"; echo
-echo "| target | MiB/s | byte-exact | proxy CPU s per GiB | proxy peak RSS MiB | % of direct |"
-echo "|---|---|---|---|---|---|"
-direct_mbs=""
-for t in $ALL; do
-  read -r mbs ok cpu hwm < <(median_of run_stream "$t")
-  [ "$t" = start_direct ] && direct_mbs=$mbs
-  pct=$(python3 -c "print(f'{100*$mbs/max($direct_mbs,1):.0f}')")
-  if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
-  echo "| $(name "$t") | $mbs | $ok | $cpu | $hwm | $pct |"
-done
+stream_scenario() {  # title, runner
+  [[ "$1" =~ ${ONLY:-.} ]] || return 0
+  echo; echo "## $1"; echo
+  echo "| target | MiB/s | byte-exact | proxy CPU s per GiB | proxy peak RSS MiB | % of direct |"
+  echo "|---|---|---|---|---|---|"
+  local direct_mbs="" t mbs ok cpu hwm pct
+  for t in $ALL; do
+    read -r mbs ok cpu hwm < <(median_of "$2" "$t")
+    [ "$t" = start_direct ] && direct_mbs=$mbs
+    pct=$(python3 -c "print(f'{100*$mbs/max($direct_mbs,1):.0f}')")
+    if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
+    echo "| $(name "$t") | $mbs | $ok | $cpu | $hwm | $pct |"
+  done
+}
+
+stream_scenario "${STREAM_MB} MiB NDJSON download, one stream (curl, HTTP/1.1)" run_stream
+stream_scenario "${STREAM_MB} MiB NDJSON upload, one stream (curl PUT, HTTP/1.1; the destination stores it)" run_upload
