@@ -32,32 +32,8 @@ bind = "127.0.0.1:0"
     )
 }
 
-async fn open_connections(gw: &TestGateway) -> u64 {
-    let admin = gw.gateway.as_ref().unwrap().admin_addr().unwrap();
-    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let request = http::Request::get("/metrics")
-        .header("host", "a")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let body = send
-        .send_request(request)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| l.starts_with("fhirgate_open_connections{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+async fn open_connections_of(gw: &TestGateway) -> u64 {
+    open_connections(gw.gateway.as_ref().unwrap().admin_addr().unwrap()).await
 }
 
 async fn gateway(limits: &str) -> (Pki, Destination, TestGateway) {
@@ -105,7 +81,7 @@ async fn garbage_truncated_handshakes_and_vanishing_clients_leak_nothing() {
     let mut open = u64::MAX;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        open = open_connections(&gw).await;
+        open = open_connections_of(&gw).await;
         if open == 0 {
             break;
         }

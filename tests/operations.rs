@@ -6,7 +6,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use http::Request;
 use http_body_util::BodyExt;
 use sha2::Digest;
 use support::*;
@@ -37,24 +36,6 @@ bind = "{admin}"
 "#,
         dead = free_port()
     )
-}
-
-/// GET on the admin listener; (status, body).
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let request = Request::get(path)
-        .header("host", "admin")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = send.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]

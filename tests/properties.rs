@@ -24,6 +24,43 @@ use http::{HeaderMap, Version};
 use proptest::prelude::*;
 use proptest::sample::select;
 
+/// The reference models, shared with the fuzz targets: written from the documented
+/// contract, not from the code.
+#[allow(dead_code)]
+#[path = "../fuzz/src/lib.rs"]
+mod models;
+
+use models::{
+    ModelRoute, header_map, lenient_segments, model_has_dot_segment, model_is_hop_by_hop,
+    parse_forwarded_element, resolve,
+};
+
+/// The models' view of generated routes.
+fn model_routes(routes: &[GenRoute]) -> Vec<ModelRoute> {
+    routes
+        .iter()
+        .map(|r| ModelRoute {
+            host: r.host.clone(),
+            path: r.path.clone(),
+            listener: r.listener.map(str::to_owned),
+        })
+        .collect()
+}
+
+fn route_configs(routes: &[GenRoute]) -> Vec<RouteConfig> {
+    models::route_configs(&model_routes(routes))
+}
+
+/// The routing contract by brute force ([`models::model_lookup`]); no host, no route.
+fn model_lookup<'p>(
+    routes: &[GenRoute],
+    host: Option<&str>,
+    path: &'p str,
+    listener: &str,
+) -> Option<(usize, &'p str)> {
+    models::model_lookup(&model_routes(routes), host?, path, listener)
+}
+
 /// `cases` unless `PROPTEST_CASES` says otherwise; failures are not persisted to files.
 fn cases(cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
@@ -192,76 +229,6 @@ fn gen_request() -> impl Strategy<Value = GenRequest> {
                 listener,
             },
         )
-}
-
-/// The contract, by brute force over every route: same host (any case), listener allowed,
-/// public path a prefix of the request path ending on a segment boundary; the longest
-/// such prefix wins, a listener-restricted route beats an open one with the same prefix,
-/// and otherwise the first in the configuration.
-fn model_lookup<'p>(
-    routes: &[GenRoute],
-    host: Option<&str>,
-    path: &'p str,
-    listener: &str,
-) -> Option<(usize, &'p str)> {
-    let host = host?;
-    if !path.starts_with('/') {
-        return None;
-    }
-    let mut best: Option<(usize, (usize, bool))> = None;
-    for (i, r) in routes.iter().enumerate() {
-        if !r.host.eq_ignore_ascii_case(host) {
-            continue;
-        }
-        if r.listener.is_some_and(|l| l != listener) {
-            continue;
-        }
-        let prefix = r.path.trim_end_matches('/');
-        let on_boundary = path == prefix || path.starts_with(&format!("{prefix}/"));
-        if !on_boundary {
-            continue;
-        }
-        let rank = (prefix.len(), r.listener.is_some());
-        if best.is_none_or(|(_, b)| rank > b) {
-            best = Some((i, rank));
-        }
-    }
-    best.map(|(i, (len, _))| (i, &path[len..]))
-}
-
-/// A `RouteConfig` made by the configuration parser itself (so this file keeps compiling
-/// when fields are added), then given the generated host, path and listener.
-fn route_configs(routes: &[GenRoute]) -> Vec<RouteConfig> {
-    let template = Config::parse(
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "c.pem"
-  key = "k.pem"
-[[routes]]
-name = "template"
-public_base = "https://h/"
-upstream = "https://dest/fhir"
-"#,
-        Path::new("template.toml"),
-    )
-    .expect("the template configuration is valid")
-    .routes
-    .remove(0);
-    routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let mut c = template.clone();
-            c.name = format!("r{i}");
-            c.public_host = r.host.clone();
-            c.public_path = r.path.clone();
-            c.listener = r.listener.map(str::to_owned);
-            c
-        })
-        .collect()
 }
 
 /// What `upstream_path_and_query` must produce, from its documentation.
@@ -459,66 +426,6 @@ fn host_without_port_is_idempotent_on_bracketed_names() {
 // Dot segments
 // =======================================================================================
 
-/// The segments a lenient destination sees: `/`, `\`, `%2f`, `%5c` separate, `%2e` is `.`
-/// (any case), and `;` starts path parameters that are dropped (Tomcat). Decoding first,
-/// then splitting: a different algorithm from the gateway's single scan.
-fn lenient_segments(path: &str) -> Vec<Vec<u8>> {
-    let mut decoded = Vec::new();
-    let bytes = path.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = bytes
-            .get(i..i + 3)
-            .filter(|e| e[0] == b'%')
-            .map(|e| e[1..].to_ascii_lowercase());
-        match escape.as_deref() {
-            Some(b"2f") | Some(b"5c") => {
-                decoded.push(b'/');
-                i += 3;
-            }
-            Some(b"2e") => {
-                decoded.push(b'.');
-                i += 3;
-            }
-            _ => {
-                decoded.push(if bytes[i] == b'\\' { b'/' } else { bytes[i] });
-                i += 1;
-            }
-        }
-    }
-    decoded
-        .split(|b| *b == b'/')
-        .map(|segment| {
-            let end = segment
-                .iter()
-                .position(|b| *b == b';')
-                .unwrap_or(segment.len());
-            segment[..end].to_vec()
-        })
-        .collect()
-}
-
-fn model_has_dot_segment(path: &str) -> bool {
-    lenient_segments(path)
-        .iter()
-        .any(|s| s == b"." || s == b"..")
-}
-
-/// RFC 3986 §5.2.4 on a list of segments: what the destination resolves the path to.
-fn resolve(segments: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    for s in segments {
-        match s.as_slice() {
-            b"." => {}
-            b".." => {
-                out.pop();
-            }
-            _ => out.push(s.clone()),
-        }
-    }
-    out
-}
-
 const SEPARATORS: &[&str] = &["/", "\\", "%2f", "%2F", "%5c", "%5C"];
 
 /// A segment that is not `.` or `..` in any encoding, though it may look close.
@@ -704,28 +611,6 @@ fn header_lines() -> impl Strategy<Value = Vec<(HeaderName, HeaderValue)>> {
     )
 }
 
-fn header_map(lines: &[(HeaderName, HeaderValue)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (n, v) in lines {
-        h.append(n.clone(), v.clone());
-    }
-    h
-}
-
-/// RFC 9110 §7.6.1: the fixed hop-by-hop fields, and every field a `Connection` line names
-/// (comma-separated, optional whitespace, case-insensitive).
-fn model_is_hop_by_hop(lines: &[(HeaderName, HeaderValue)], name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-        || lines
-            .iter()
-            .filter(|(n, _)| n == http::header::CONNECTION)
-            .flat_map(|(_, v)| v.as_bytes().split(|b| *b == b','))
-            .any(|element| {
-                let element = element.trim_ascii();
-                element.eq_ignore_ascii_case(name.as_str().as_bytes())
-            })
-}
-
 /// The lines of `name` in `lines`, in order.
 fn values_of<'a>(lines: &'a [(HeaderName, HeaderValue)], name: &HeaderName) -> Vec<&'a [u8]> {
     lines
@@ -737,60 +622,6 @@ fn values_of<'a>(lines: &'a [(HeaderName, HeaderValue)], name: &HeaderName) -> V
 
 fn values_in<'a>(h: &'a HeaderMap, name: &HeaderName) -> Vec<&'a [u8]> {
     h.get_all(name).iter().map(HeaderValue::as_bytes).collect()
-}
-
-/// A forwarded-element (RFC 7239 §4) as `(name, value)` pairs, quoted-strings unescaped;
-/// `None` when the line is not exactly one well-formed element.
-fn parse_forwarded_element(line: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    let mut pairs = Vec::new();
-    let mut i = 0;
-    loop {
-        let start = i;
-        while line.get(i).is_some_and(|b| tchar(*b)) {
-            i += 1;
-        }
-        if i == start || line.get(i) != Some(&b'=') {
-            return None;
-        }
-        let name = String::from_utf8(line[start..i].to_ascii_lowercase()).ok()?;
-        i += 1;
-        let mut value = Vec::new();
-        if line.get(i) == Some(&b'"') {
-            i += 1;
-            loop {
-                match *line.get(i)? {
-                    b'"' => {
-                        i += 1;
-                        break;
-                    }
-                    b'\\' => {
-                        value.push(*line.get(i + 1)?);
-                        i += 2;
-                    }
-                    b => {
-                        value.push(b);
-                        i += 1;
-                    }
-                }
-            }
-        } else {
-            let start = i;
-            while line.get(i).is_some_and(|b| tchar(*b)) {
-                i += 1;
-            }
-            if i == start {
-                return None;
-            }
-            value.extend_from_slice(&line[start..i]);
-        }
-        pairs.push((name, value));
-        match line.get(i) {
-            None => return Some(pairs),
-            Some(b';') => i += 1,
-            Some(_) => return None,
-        }
-    }
 }
 
 fn model_is_sane_request_id(value: &[u8]) -> bool {

@@ -52,27 +52,12 @@ async fn setup() -> (Pki, Destination, TestGateway) {
 }
 
 async fn metrics(gw: &TestGateway) -> String {
-    let admin = gw.gateway.as_ref().unwrap().admin_addr().unwrap();
-    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let request = http::Request::get("/metrics")
-        .header("host", "a")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let body = send
-        .send_request(request)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
+    admin_get(
+        gw.gateway.as_ref().unwrap().admin_addr().unwrap(),
+        "/metrics",
+    )
+    .await
+    .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,12 +14,14 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 #![allow(unused_imports)]
 
+pub mod admin;
 pub mod client;
 pub mod destination;
 pub mod gateway;
 pub mod h2raw;
 pub mod pki;
 
+pub use admin::*;
 pub use client::*;
 pub use destination::*;
 pub use gateway::*;
