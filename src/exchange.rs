@@ -71,7 +71,7 @@ pub struct ExchangeRecord {
     pub audit: Option<AuditContext>,
     pub metrics: Arc<Metrics>,
     /// The route's series, once the route is known.
-    pub series: Option<RouteSeries>,
+    pub series: Option<Arc<RouteSeries>>,
     /// When the exchange must be over (`max_exchange_duration`), once its route is known.
     pub deadline: Option<tokio::time::Instant>,
     /// Holds the route's concurrency slot until the exchange ends.
@@ -93,11 +93,15 @@ pub struct AuditContext {
 }
 
 impl ExchangeRecord {
-    fn count(&mut self, seconds: f64) {
+    fn count(&self, seconds: f64) {
         let route = Name(self.route.clone().unwrap_or_else(|| Arc::from("-")));
-        let series = match self.series.take() {
-            Some(series) => series,
-            None => RouteSeries::new(&self.metrics, &route),
+        let fallback;
+        let series = match &self.series {
+            Some(series) => series.as_ref(),
+            None => {
+                fallback = RouteSeries::new(&self.metrics, &route);
+                &fallback
+            }
         };
         self.metrics
             .exchanges

@@ -64,7 +64,7 @@ struct RouteState {
     forwarded: bool,
     max_request_body_bytes: Option<u64>,
     /// The route's metric series, shared by its exchanges.
-    series: RouteSeries,
+    series: Arc<RouteSeries>,
     /// `max_concurrent_exchanges`: one permit per exchange in flight.
     slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The route's `max_exchange_duration`, or the global one.
@@ -83,7 +83,10 @@ impl Snapshot {
                     upstream: Upstream::new(&config.file, r, &metrics)?,
                     forwarded: r.forwarded,
                     max_request_body_bytes: r.max_request_body_bytes,
-                    series: RouteSeries::new(&metrics, &Name(Arc::from(r.name.as_str()))),
+                    series: Arc::new(RouteSeries::new(
+                        &metrics,
+                        &Name(Arc::from(r.name.as_str())),
+                    )),
                     slots: r
                         .max_concurrent_exchanges
                         .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -28,9 +31,6 @@ use crate::config::RouteConfig;
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
 use crate::tls::{UpstreamTrustError, upstream_client_config};
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use prometheus_client::metrics::gauge::Gauge;
-use std::sync::Arc;
 
 /// How long an unused pooled connection is kept open.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

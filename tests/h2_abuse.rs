@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use support::h2raw::{self, RawH2};
 use support::*;
 
@@ -44,12 +43,22 @@ bind = "{admin}"
 
 /// The gateway in-process, with an admin listener (for the open-connection gauge).
 async fn in_process() -> (Pki, Destination, TestGateway, SocketAddr) {
+    in_process_with("").await
+}
+
+/// [`in_process`] with `[limits]` lines.
+async fn in_process_with(limits: &str) -> (Pki, Destination, TestGateway, SocketAddr) {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
     write_usual_files(&pki);
     let gw = TestGateway::start(
         &pki,
-        &toml("127.0.0.1:0", destination.addr.port(), "127.0.0.1:0", ""),
+        &toml(
+            "127.0.0.1:0",
+            destination.addr.port(),
+            "127.0.0.1:0",
+            limits,
+        ),
     )
     .await;
     let admin = gw.gateway.as_ref().unwrap().admin_addr().unwrap();
@@ -76,37 +85,6 @@ async fn child() -> (Pki, Destination, ChildGateway, SocketAddr) {
     let gateway = ChildGateway::run(&config, addr, &[], "warn").await;
     wait_for_port(admin).await;
     (pki, destination, gateway, admin)
-}
-
-/// `fhirgate_open_connections`, summed over listeners and protocols, from the admin listener.
-async fn open_connections(admin: SocketAddr) -> u64 {
-    bounded("reading /metrics", async {
-        let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let request = http::Request::get("/metrics")
-            .header("host", "admin")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let body = send
-            .send_request(request)
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|l| l.starts_with("fhirgate_open_connections{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    })
-    .await
 }
 
 /// The open-connection gauge comes back to zero within 30 s.
@@ -504,6 +482,20 @@ async fn settings_and_ping_floods_stay_bounded() {
 // ---------------------------------------------------------------------------------------
 // 3. More streams than SETTINGS_MAX_CONCURRENT_STREAMS
 // ---------------------------------------------------------------------------------------
+
+/// `[limits] max_concurrent_streams` is what the gateway advertises (default 100).
+#[tokio::test]
+async fn the_advertised_stream_limit_is_the_configured_one() {
+    for (limits, expected) in [("", 100), ("max_concurrent_streams = 7", 7)] {
+        let (pki, _destination, gw, _admin) = in_process_with(limits).await;
+        let conn = RawH2::open(&Client::new(&pki.public_ca.pem, gw.addr)).await;
+        assert_eq!(
+            conn.server_setting(h2raw::SETTINGS_MAX_CONCURRENT_STREAMS),
+            Some(expected),
+            "{limits:?}"
+        );
+    }
+}
 
 /// The gateway advertises a finite SETTINGS_MAX_CONCURRENT_STREAMS. A raw client that
 /// ignores it and opens `max + 50` slow requests at once gets the extra streams refused
