@@ -4,6 +4,8 @@
 #
 #   bash benches/e2e.sh            # full run: every scenario, median of 3
 #   bash benches/e2e.sh --quick    # smoke run: one repetition, smaller loads
+#   bash benches/e2e.sh --instructions   # fhirgate's instructions per small exchange
+#                                        # (callgrind: repeatable where CPU time is noisy)
 #
 # Every proxy speaks pooled HTTP/1.1 to the destination (nginx cannot do otherwise; HAProxy
 # turns an HTTP/2 upstream's responses into HTTP/1.1 status lines without a reason phrase,
@@ -13,27 +15,36 @@
 # Same semantics for every proxy: TLS on both sides, upstream certificate verified against
 # a private CA, upstream keep-alive, no buffering, no access log, one worker/thread pinned
 # to CPU 1 (taskset). The destination (nginx serving static FHIR payloads) and the load
-# generator (h2load; curl for the streams) share CPU 0. Proxy CPU is utime+stime from
-# /proc/PID/stat over the run; peak memory is VmHWM. Every run checks its answers (h2load
-# status counts, SHA-256 of the stream) so a fast wrong answer never counts.
+# generator (h2load; curl and sha256sum for the streams) share CPU 0. Proxy CPU is
+# utime+stime from /proc/PID/stat over the run; peak memory is VmHWM. Every run checks its
+# answers (h2load status counts, SHA-256 of the stream) so a fast wrong answer never counts.
 #
-# Installs nginx, haproxy and nghttp2-client (h2load) from Debian's packages when missing.
+# Installs nginx, haproxy and nghttp2-client (h2load) from Debian's packages when missing,
+# and valgrind for --instructions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-QUICK=0
-[ "${1:-}" = "--quick" ] && QUICK=1
+QUICK=0; INSTRUCTIONS=0
+case "${1:-}" in
+  --quick) QUICK=1 ;;
+  --instructions) QUICK=1; INSTRUCTIONS=1 ;;
+  "") ;;
+  *) echo "usage: bash benches/e2e.sh [--quick | --instructions]" >&2; exit 2 ;;
+esac
 if [ $QUICK = 1 ]; then REPS=1; SMALL_N=4000; BIG_N=100; TLS_N=300; STREAM_MB=64
 else REPS=3; SMALL_N=30000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need haproxy || ! need h2load; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy nghttp2-client >/dev/null
+if ! need nginx || ! need haproxy || ! need h2load || { [ $INSTRUCTIONS = 1 ] && ! need valgrind; }; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy nghttp2-client valgrind >/dev/null
 fi
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
-cargo build --release --locked -q --bin fhirgate
-FHIRGATE=$PWD/target/release/fhirgate
+# FHIRGATE=/path/to/binary compares another build (e.g. the previous commit's).
+if [ -z "${FHIRGATE:-}" ]; then
+  cargo build --release --locked -q --bin fhirgate
+  FHIRGATE=$PWD/target/release/fhirgate
+fi
 
 W=$(mktemp -d /tmp/fhirgate-bench.XXXXXX)
 PIDS=()
@@ -93,6 +104,11 @@ taskset -c 0 nginx -c "$W/dest.conf" -p "$W" & PIDS+=($!)
 start_fhirgate() { UPSTREAM_HTTP2=false start_fhirgate_with; }
 start_fhirgate_h2() { UPSTREAM_HTTP2=true start_fhirgate_with; }
 start_fhirgate_with() {
+  write_fhirgate_config
+  TOKIO_WORKER_THREADS=1 taskset -c 1 "$FHIRGATE" run --config "$W/fhirgate.toml" 2>"$W/fhirgate.err" & PROXY_PID=$!
+  PORT=$GW
+}
+write_fhirgate_config() {
   cat > fhirgate.toml <<EOF
 [[listeners]]
 name = "public"
@@ -109,8 +125,6 @@ upstream_http2 = $UPSTREAM_HTTP2
 [log]
 level = "warn"
 EOF
-  TOKIO_WORKER_THREADS=1 taskset -c 1 "$FHIRGATE" run --config "$W/fhirgate.toml" 2>"$W/fhirgate.err" & PROXY_PID=$!
-  PORT=$GW
 }
 start_nginx() {
   cat > proxy-nginx.conf <<EOF
@@ -149,8 +163,8 @@ EOF
 }
 start_direct() { PROXY_PID=""; PORT=$DEST; }
 
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
+wait_port() {  # port [tries of 50 ms]
+  for _ in $(seq "${2:-100}"); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
   echo "port $1 not up" >&2; tail -n 5 "$W"/*.err >&2; exit 1
 }
 stop_proxy() { [ -n "${PROXY_PID:-}" ] && { kill "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null || true; }; PROXY_PID=""; }
@@ -211,7 +225,7 @@ run_stream() {
   local before; before=$(cpu_of "$PROXY_PID")
   local t0; t0=$(date +%s.%N)
   local sha; sha=$(taskset -c 0 curl -s --http1.1 --cacert "$W/client-ca.pem" \
-      "https://localhost:$PORT/fhir/bulk/export.ndjson" | sha256sum | cut -d' ' -f1)
+      "https://localhost:$PORT/fhir/bulk/export.ndjson" | taskset -c 0 sha256sum | cut -d' ' -f1)
   local t1; t1=$(date +%s.%N)
   local after; after=$(cpu_of "$PROXY_PID")
   local hwm; hwm=$(hwm_of "$PROXY_PID")
@@ -252,6 +266,47 @@ ALL="start_direct start_fhirgate start_nginx start_haproxy start_fhirgate_h2"
 name() { case $1 in start_direct) echo direct;; start_fhirgate) echo fhirgate;; start_fhirgate_h2) echo "fhirgate, HTTP/2 upstream";; start_nginx) echo "nginx $(nginx -v 2>&1 | sed 's/.*\///')";; start_haproxy) echo "HAProxy $(haproxy -v | head -1 | awk '{print $3}')";; esac; }
 
 echo "# fhirgate end-to-end benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $("$FHIRGATE" --version)"
+
+# --- Instructions per exchange (callgrind) -----------------------------------------------
+# CPU time on a shared machine varies by tens of percent between runs; instruction counts do
+# not. fhirgate runs under callgrind; after a warm-up run (first upstream connection, lazy
+# initialisation), two runs of different length are counted and their difference divided
+# by the difference in exchanges, so the TLS handshakes of each run cancel out.
+callgrind_ir() {  # pid → instructions since the last zeroing
+  callgrind_control -d "$1" >/dev/null 2>&1
+  local n=0 f
+  for f in "$W"/cg.out.*; do [ "${f##*.}" -gt "$n" ] && n=${f##*.}; done
+  awk '/^totals:/ {print $2}' "$W/cg.out.$n"
+}
+instructions_per_exchange() {  # upstream_http2, h2load args (with PORT)
+  UPSTREAM_HTTP2=$1 write_fhirgate_config; shift
+  rm -f "$W"/cg.out*
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" \
+    "$FHIRGATE" run --config "$W/fhirgate.toml" 2>"$W/fhirgate.err" & PROXY_PID=$!
+  wait_port $GW 600
+  local url; url=$(printf '%s' "$*" | sed "s/PORT/$GW/g")
+  local counts=()
+  for n in 1000 1000 3000; do
+    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
+    # shellcheck disable=SC2086
+    taskset -c 0 h2load $url -n $n > "$W/h2load.out" 2>&1 || true
+    grep -q "status codes: $n 2xx" "$W/h2load.out" || { echo "wrong answers:" >&2; cat "$W/h2load.out" >&2; exit 1; }
+    counts+=("$(callgrind_ir "$PROXY_PID")")
+  done
+  stop_proxy
+  python3 -c "print(f'{($(( counts[2] - counts[1] ))) / 2000:,.0f}')"
+}
+if [ $INSTRUCTIONS = 1 ]; then
+  echo
+  echo "| load | upstream | instructions per exchange |"
+  echo "|---|---|---|"
+  for up in true false; do
+    label=$([ $up = true ] && echo "HTTP/2 (default)" || echo "HTTP/1.1")
+    echo "| GET 2 KB, HTTP/1.1, 50 connections | $label | $(instructions_per_exchange $up "--h1 -c 50 https://localhost:PORT/fhir/Patient/example") |"
+    echo "| GET 2 KB, HTTP/2, 10 connections × 5 streams | $label | $(instructions_per_exchange $up "-c 10 -m 5 https://localhost:PORT/fhir/Patient/example") |"
+  done
+  exit 0
+fi
 [ $QUICK = 1 ] && echo "(quick mode: one repetition, small loads — not for comparison)"
 
 scenario() {  # title, h2load args
