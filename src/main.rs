@@ -83,14 +83,6 @@ enum AuditCommand {
     },
 }
 
-/// mimalloc instead of glibc malloc: every exchange makes hundreds of small, short-lived
-/// allocations inside hyper, h2 and rustls, and mimalloc's thread-local free lists cut the
-/// gateway's instructions per exchange by about 10 % (measured with callgrind; see the
-/// README's "Performance" section). `no_thp` keeps it from backing its pages with 2 MiB transparent huge
-/// pages, which would double the resident memory of a small process like this one.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
