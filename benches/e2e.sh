@@ -2,7 +2,7 @@
 # End-to-end benchmark: fhirgate side by side with nginx and HAProxy as TLS-terminating,
 # re-encrypting reverse proxies, and with no proxy at all ("direct").
 #
-#   bash benches/e2e.sh            # full run: every scenario, median of 3
+#   bash benches/e2e.sh            # full run: every scenario, median of 3 interleaved rounds
 #   bash benches/e2e.sh --quick    # smoke run: one repetition, smaller loads
 #   bash benches/e2e.sh --instructions   # fhirgate's instructions per small exchange
 #                                        # (callgrind: repeatable where CPU time is noisy)
@@ -255,13 +255,22 @@ ok = '$code' in ('201', '204') and '$sha' == '$STREAM_SHA'
 print(f'{mb/dt:.0f} {\"yes\" if ok else \"NO\"} {($after-$before)/gib:.2f} $hwm')"
 }
 
-median_of() {  # runs "$@" REPS times, prints the run with the median first column
-  local rows=()
-  for _ in $(seq $REPS); do rows+=("$("$@")"); done
-  printf '%s\n' "${rows[@]}" | sort -n -k1 | sed -n "$(( (REPS + 1) / 2 ))p"
+# After an untimed warm-up, REPS rounds of every target once, so a slow spell on a shared
+# machine hits all targets alike rather than all repetitions of one. Prints "target<TAB>row" per target, the row
+# being the repetition with the median first column.
+interleaved() {  # runner, arguments after the target
+  local runner=$1; shift
+  local -A rows=()
+  local t
+  "$runner" start_direct "$@" >/dev/null   # warm-up: the destination's caches, page cache
+  for _ in $(seq $REPS); do
+    for t in $ALL; do rows[$t]+="$("$runner" "$t" "$@")"$'\n'; done
+  done
+  for t in $ALL; do
+    printf '%s\t%s\n' "$t" "$(printf '%s' "${rows[$t]}" | sort -n -k1 | sed -n "$(( (REPS + 1) / 2 ))p")"
+  done
 }
 
-cat /dev/null > /dev/null
 ALL="start_direct start_fhirgate start_nginx start_haproxy start_fhirgate_h2"
 name() { case $1 in start_direct) echo direct;; start_fhirgate) echo fhirgate;; start_fhirgate_h2) echo "fhirgate, HTTP/2 upstream";; start_nginx) echo "nginx $(nginx -v 2>&1 | sed 's/.*\///')";; start_haproxy) echo "HAProxy $(haproxy -v | head -1 | awk '{print $3}')";; esac; }
 
@@ -314,14 +323,14 @@ scenario() {  # title, h2load args
   echo; echo "## $1"; echo
   echo "| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | proxy peak RSS MiB | % of direct |"
   echo "|---|---|---|---|---|---|---|---|"
-  local direct_rps=""
-  for t in $ALL; do
-    read -r rps p50 p99 err cpu hwm < <(median_of run_h2load "$t" "$2")
+  local direct_rps="" t row rps p50 p99 err cpu hwm
+  while IFS=$'\t' read -r t row; do
+    read -r rps p50 p99 err cpu hwm <<<"$row"
     [ "$t" = start_direct ] && direct_rps=$rps
     local pct; pct=$(python3 -c "print(f'{100*$rps/max($direct_rps,1):.0f}')")
     if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
     echo "| $(name "$t") | $rps | $p50 | $p99 | $err | $cpu | $hwm | $pct |"
-  done
+  done < <(interleaved run_h2load "$2")
 }
 
 scenario "GET 2 KB Patient, HTTP/1.1, 50 keep-alive connections" "--h1 -c 50 -n $SMALL_N https://localhost:PORT/fhir/Patient/example"
@@ -335,14 +344,14 @@ stream_scenario() {  # title, runner
   echo; echo "## $1"; echo
   echo "| target | MiB/s | byte-exact | proxy CPU s per GiB | proxy peak RSS MiB | % of direct |"
   echo "|---|---|---|---|---|---|"
-  local direct_mbs="" t mbs ok cpu hwm pct
-  for t in $ALL; do
-    read -r mbs ok cpu hwm < <(median_of "$2" "$t")
+  local direct_mbs="" t row mbs ok cpu hwm pct
+  while IFS=$'\t' read -r t row; do
+    read -r mbs ok cpu hwm <<<"$row"
     [ "$t" = start_direct ] && direct_mbs=$mbs
     pct=$(python3 -c "print(f'{100*$mbs/max($direct_mbs,1):.0f}')")
     if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
     echo "| $(name "$t") | $mbs | $ok | $cpu | $hwm | $pct |"
-  done
+  done < <(interleaved "$2")
 }
 
 stream_scenario "${STREAM_MB} MiB NDJSON download, one stream (curl, HTTP/1.1)" run_stream
