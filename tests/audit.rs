@@ -17,8 +17,7 @@ const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test-audit-key";
 /// A gateway with `[audit]` (plus `extra` lines in it) in front of a recording destination.
 async fn audited(pki: &Pki, audit_extra: &str) -> (Destination, TestGateway) {
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(pki);
     std::fs::write(pki.path("audit.key"), KEY).unwrap();
     let toml = audited_toml(destination.addr.port(), "127.0.0.1:0", audit_extra);
     let gateway = TestGateway::start(pki, &toml).await;
@@ -26,27 +25,15 @@ async fn audited(pki: &Pki, audit_extra: &str) -> (Destination, TestGateway) {
 }
 
 fn audited_toml(destination_port: u16, bind: &str, audit_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "{bind}"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-[[routes]]
-name = "dest-a"
-public_base = "https://{PUBLIC_HOST}/dest-a"
-upstream = "https://localhost:{destination_port}/fhir"
-upstream_ca = "private-ca.pem"
-response_timeout = "300ms"
+    let extra = format!(
+        r#"response_timeout = "300ms"
 [audit]
 path = "audit.ndjson"
 key_file = "audit.key"
 source = "gw-test-1"
-{audit_extra}
-"#
-    )
+{audit_extra}"#
+    );
+    one_route_toml(bind, &destination_url(destination_port), &extra)
 }
 
 fn records(pki: &Pki) -> Vec<Value> {
@@ -392,8 +379,7 @@ async fn an_unwritable_sink_refuses_exchanges_by_default_and_not_with_log_and_co
     for (policy, expected_second) in [("", 503), ("on_failure = \"log-and-continue\"", 200)] {
         let pki = Pki::new();
         let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-        pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-        pki.write("private-ca.pem", &pki.private_ca.pem);
+        write_usual_files(&pki);
         std::fs::write(pki.path("audit.key"), KEY).unwrap();
         // /dev/full accepts the open and fails every write with ENOSPC: a full disk.
         let toml = audited_toml(destination.addr.port(), "127.0.0.1:0", policy)
@@ -424,8 +410,7 @@ async fn an_unwritable_sink_refuses_exchanges_by_default_and_not_with_log_and_co
 async fn a_sink_that_recovers_gets_the_held_records_and_exchanges_resume() {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     std::fs::write(pki.path("audit.key"), KEY).unwrap();
     // The audit path starts out as a full disk ...
     let path = pki.path("audit.ndjson");
@@ -474,8 +459,7 @@ async fn a_sink_that_recovers_gets_the_held_records_and_exchanges_resume() {
 async fn sigterm_flushes_and_sighup_reopens_the_file() {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     std::fs::write(pki.path("audit.key"), KEY).unwrap();
     let port = free_port();
     let config = pki.write(

@@ -17,8 +17,7 @@ fn fhirgate() -> Command {
 
 /// A complete, valid configuration with its files, for `check`.
 fn valid(pki: &Pki) -> String {
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(pki);
     format!(
         r#"[[listeners]]
 name = "public"
@@ -342,8 +341,7 @@ async fn plaintext_upstream_opt_in_is_logged_as_a_warning_at_start() {
 async fn log_format_and_level_come_from_the_config() {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let port = free_port();
     let config = pki.write(
         "fhirgate.toml",

@@ -65,17 +65,11 @@ async fn outcome_is_xml_when_accept_or_format_asks() {
 async fn upstream_failures_name_nothing_private() {
     // A route to a port nothing listens on, with a recognisable private name.
     let pki = Pki::new();
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let port = free_port();
+    let listener = listener_toml("127.0.0.1:0");
     let toml = format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
+        r#"{listener}
 [[routes]]
 name = "dead"
 public_base = "https://{PUBLIC_HOST}/dead"
@@ -146,15 +140,7 @@ upstream_ca = "private-ca.pem"
         )
     };
     let toml = [
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-"#
-        .to_owned(),
+        listener_toml("127.0.0.1:0"),
         route("refused", refused_port, ""),
         route("tls", wrong_name.addr.port(), ""),
         route("silent", silent_port, r#"connect_timeout = "300ms""#),

@@ -20,25 +20,8 @@ use support::*;
 const MIB: u64 = 1 << 20;
 
 fn toml(bind: &str, destination_port: u16, admin: &str, limits: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "{bind}"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-[[routes]]
-name = "dest-a"
-public_base = "https://{PUBLIC_HOST}/dest-a"
-upstream = "https://localhost:{destination_port}/fhir"
-upstream_ca = "private-ca.pem"
-[admin]
-bind = "{admin}"
-[limits]
-{limits}
-"#
-    )
+    let tables = format!("[admin]\nbind = \"{admin}\"\n[limits]\n{limits}");
+    one_route_toml(bind, &destination_url(destination_port), &tables)
 }
 
 /// The gateway in-process, with an admin listener (for the open-connection gauge).

@@ -11,25 +11,8 @@ use support::*;
 use tokio::io::AsyncWriteExt;
 
 fn toml(destination_port: u16, limits: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-[[routes]]
-name = "dest-a"
-public_base = "https://{PUBLIC_HOST}/dest-a"
-upstream = "https://localhost:{destination_port}/fhir"
-upstream_ca = "private-ca.pem"
-[admin]
-bind = "127.0.0.1:0"
-[limits]
-{limits}
-"#
-    )
+    let tables = format!("[admin]\nbind = \"127.0.0.1:0\"\n[limits]\n{limits}");
+    one_route_toml("127.0.0.1:0", &destination_url(destination_port), &tables)
 }
 
 async fn open_connections_of(gw: &TestGateway) -> u64 {
@@ -39,8 +22,7 @@ async fn open_connections_of(gw: &TestGateway) -> u64 {
 async fn gateway(limits: &str) -> (Pki, Destination, TestGateway) {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let gw = TestGateway::start(&pki, &toml(destination.addr.port(), limits)).await;
     (pki, destination, gw)
 }

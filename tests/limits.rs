@@ -13,25 +13,11 @@ async fn connections_over_the_limit_are_closed_and_open_ones_keep_working() {
     ] {
         let pki = Pki::new();
         let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-        pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-        pki.write("private-ca.pem", &pki.private_ca.pem);
-        let toml = format!(
-            r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-[[routes]]
-name = "dest-a"
-public_base = "https://{PUBLIC_HOST}/dest-a"
-upstream = "https://localhost:{}/fhir"
-upstream_ca = "private-ca.pem"
-[limits]
-{limits}
-"#,
-            destination.addr.port()
+        write_usual_files(&pki);
+        let toml = one_route_toml(
+            "127.0.0.1:0",
+            &destination_url(destination.addr.port()),
+            &format!("[limits]\n{limits}"),
         );
         let gw = TestGateway::start(&pki, &toml).await;
         let client = Client::new(&pki.public_ca.pem, gw.addr);
@@ -70,31 +56,14 @@ upstream_ca = "private-ca.pem"
 }
 
 fn limited_toml(destination_port: u16, limits: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-[[routes]]
-name = "dest-a"
-public_base = "https://{PUBLIC_HOST}/dest-a"
-upstream = "https://localhost:{destination_port}/fhir"
-upstream_ca = "private-ca.pem"
-{route_extra}
-[limits]
-{limits}
-"#
-    )
+    let extra = format!("{route_extra}\n[limits]\n{limits}");
+    one_route_toml("127.0.0.1:0", &destination_url(destination_port), &extra)
 }
 
 async fn limited(limits: &str, route_extra: &str) -> (Pki, Destination, TestGateway) {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let gw = TestGateway::start(
         &pki,
         &limited_toml(destination.addr.port(), limits, route_extra),

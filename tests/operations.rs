@@ -10,40 +10,28 @@ use http_body_util::BodyExt;
 use sha2::Digest;
 use support::*;
 
+/// Route `dest-a` to the destination and route `dead` to a port nothing listens on.
 fn toml(destination_port: u16, bind: &str, admin: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "{bind}"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-[[routes]]
-name = "dest-a"
-public_base = "https://{PUBLIC_HOST}/dest-a"
-upstream = "https://localhost:{destination_port}/fhir"
-upstream_ca = "private-ca.pem"
-[[routes]]
+    let dead = destination_url(free_port());
+    let extra = format!(
+        r#"[[routes]]
 name = "dead"
 public_base = "https://{PUBLIC_HOST}/dead"
-upstream = "https://localhost:{dead}/fhir"
+upstream = "{dead}"
 upstream_ca = "private-ca.pem"
 [shutdown]
 grace = "20s"
 [admin]
-bind = "{admin}"
-"#,
-        dead = free_port()
-    )
+bind = "{admin}""#
+    );
+    one_route_toml(bind, &destination_url(destination_port), &extra)
 }
 
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let gw = TestGateway::start(
         &pki,
         &toml(destination.addr.port(), "127.0.0.1:0", "127.0.0.1:0"),
@@ -136,8 +124,7 @@ fn health(admin: &str) -> bool {
 async fn sigterm_drains_exchanges_in_flight_and_exits_zero() {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let (port, admin_port) = (free_port(), free_port());
     let admin = format!("127.0.0.1:{admin_port}");
     let mut child = spawn(
@@ -232,8 +219,7 @@ async fn sigterm_drains_exchanges_in_flight_and_exits_zero() {
 async fn a_second_signal_exits_at_once() {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let (port, admin_port) = (free_port(), free_port());
     let mut child = spawn(
         &pki,

@@ -45,8 +45,7 @@ bind = "127.0.0.1:0"
 async fn setup() -> (Pki, Destination, TestGateway) {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let gw = TestGateway::start(&pki, &toml(destination.addr.port(), "/fhir", false)).await;
     (pki, destination, gw)
 }

@@ -9,37 +9,26 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use support::*;
 
+/// Routes `dest-a` (with `route_extra`) and `dest-b` to the same destination.
 fn toml(destination_port: u16, limits: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
-[[routes]]
-name = "dest-a"
-public_base = "https://{PUBLIC_HOST}/dest-a"
-upstream = "https://localhost:{destination_port}/fhir"
-upstream_ca = "private-ca.pem"
-{route_extra}
+    let upstream = destination_url(destination_port);
+    let extra = format!(
+        r#"{route_extra}
 [[routes]]
 name = "dest-b"
 public_base = "https://{PUBLIC_HOST}/dest-b"
-upstream = "https://localhost:{destination_port}/fhir"
+upstream = "{upstream}"
 upstream_ca = "private-ca.pem"
 [limits]
-{limits}
-"#
-    )
+{limits}"#
+    );
+    one_route_toml("127.0.0.1:0", &upstream, &extra)
 }
 
 async fn gateway(limits: &str, route_extra: &str) -> (Pki, Destination, TestGateway) {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(&pki);
     let toml = toml(destination.addr.port(), limits, route_extra);
     let gw = TestGateway::start(&pki, &toml).await;
     (pki, destination, gw)

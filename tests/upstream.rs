@@ -9,16 +9,10 @@ use support::*;
 
 /// A gateway whose only route goes to `upstream` (written into the TOML as is).
 async fn gateway_to(pki: &Pki, upstream: &str, extra: &str) -> TestGateway {
-    pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
-    pki.write("private-ca.pem", &pki.private_ca.pem);
+    write_usual_files(pki);
+    let listener = listener_toml("127.0.0.1:0");
     let toml = format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
+        r#"{listener}
 [[routes]]
 name = "dest"
 public_base = "https://{PUBLIC_HOST}/dest"
@@ -157,15 +151,10 @@ async fn plaintext_upstream_needs_the_opt_in() {
     let destination = Destination::start_plain().await;
     let pki = Pki::new();
     pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    let listener = listener_toml("127.0.0.1:0");
     let toml = |extra: &str| {
         format!(
-            r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
+            r#"{listener}
 [[routes]]
 name = "plain"
 public_base = "https://{PUBLIC_HOST}/plain"
@@ -198,20 +187,15 @@ async fn without_upstream_ca_the_system_roots_decide() {
     let pki = Pki::new();
     let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
     pki.write_leaf("public", &pki.public_ca.issue(&[PUBLIC_HOST]));
+    let listener = listener_toml("127.0.0.1:0");
+    let upstream = destination_url(destination.addr.port());
     let toml = format!(
-        r#"
-[[listeners]]
-name = "public"
-bind = "127.0.0.1:0"
-  [[listeners.certificates]]
-  cert = "public.pem"
-  key = "public.key"
+        r#"{listener}
 [[routes]]
 name = "dest"
 public_base = "https://{PUBLIC_HOST}/dest"
-upstream = "https://localhost:{}/fhir"
-"#,
-        destination.addr.port()
+upstream = "{upstream}"
+"#
     );
     let gw = TestGateway::start(&pki, &toml).await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);

@@ -15,10 +15,8 @@ pub fn write_usual_files(pki: &Pki) {
     pki.write("private-ca.pem", &pki.private_ca.pem);
 }
 
-/// One listener `public` on `bind` with `public.pem`, and one route `dest-a`
-/// (`https://fhir.example.org/dest-a` → `upstream`, trusting `private-ca.pem`); `extra` is
-/// appended to the route's table.
-pub fn one_route_toml(bind: &str, upstream: &str, extra: &str) -> String {
+/// The listener every test uses: `public` on `bind`, serving `public.pem`.
+pub fn listener_toml(bind: &str) -> String {
     format!(
         r#"
 [[listeners]]
@@ -27,7 +25,22 @@ bind = "{bind}"
   [[listeners.certificates]]
   cert = "public.pem"
   key = "public.key"
+"#
+    )
+}
 
+/// The upstream URL of a test [`Destination`] listening on `port`.
+pub fn destination_url(port: u16) -> String {
+    format!("https://localhost:{port}/fhir")
+}
+
+/// One listener `public` on `bind` with `public.pem`, and one route `dest-a`
+/// (`https://fhir.example.org/dest-a` → `upstream`, trusting `private-ca.pem`); `extra` is
+/// appended to the route's table (and may add further tables after it).
+pub fn one_route_toml(bind: &str, upstream: &str, extra: &str) -> String {
+    let listener = listener_toml(bind);
+    format!(
+        r#"{listener}
 [[routes]]
 name = "dest-a"
 public_base = "https://{PUBLIC_HOST}/dest-a"
