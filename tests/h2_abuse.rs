@@ -112,6 +112,51 @@ const RAPID_STREAMS: u32 = 5000;
 /// "Only a bounded number reached the destination": well under the number of streams.
 const RAPID_BOUND: usize = 200;
 
+/// A raw HTTP/2 connection whose incoming frames a task records until the gateway closes it
+/// or falls quiet.
+async fn open_recorded(
+    client: &Client,
+) -> (
+    impl tokio::io::AsyncWrite + Unpin + use<>,
+    tokio::task::JoinHandle<h2raw::Seen>,
+) {
+    let RawH2 {
+        mut reader, writer, ..
+    } = RawH2::open(client).await;
+    let reading = tokio::spawn(async move {
+        reader
+            .collect_until_closed(Duration::from_secs(5), Duration::from_secs(90))
+            .await
+    });
+    (writer, reading)
+}
+
+/// Writes streams `0..RAPID_STREAMS` (stream `i` made by `frames(i, buf)`) in batches of 100
+/// without waiting for answers, until done or the gateway no longer takes the bytes.
+/// Returns how many streams were written.
+async fn write_streams(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    what: &str,
+    frames: impl Fn(u32, &mut Vec<u8>),
+) -> u32 {
+    const BATCH: u32 = 100;
+    let mut sent = 0u32;
+    bounded(what, async {
+        while sent < RAPID_STREAMS {
+            let mut buf = Vec::new();
+            for i in sent..sent + BATCH {
+                frames(i, &mut buf);
+            }
+            if !h2raw::write_all(writer, &buf).await {
+                break;
+            }
+            sent += BATCH;
+        }
+    })
+    .await;
+    sent
+}
+
 /// CVE-2023-44487: HEADERS then RST_STREAM(CANCEL), thousands of times, written in batches
 /// without waiting. The gateway must end the connection early (GOAWAY, typically
 /// ENHANCE_YOUR_CALM, or close) or at least forward only a bounded number of those requests;
@@ -120,16 +165,7 @@ const RAPID_BOUND: usize = 200;
 async fn rapid_reset_is_cut_off_and_others_are_served() {
     let (pki, destination, gw, admin) = in_process().await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
-    let RawH2 {
-        mut reader,
-        mut writer,
-        ..
-    } = RawH2::open(&client).await;
-    let reading = tokio::spawn(async move {
-        reader
-            .collect_until_closed(Duration::from_secs(5), Duration::from_secs(90))
-            .await
-    });
+    let (mut writer, reading) = open_recorded(&client).await;
     // A normal client during the attack.
     let during = tokio::spawn({
         let client = client.clone();
@@ -139,34 +175,17 @@ async fn rapid_reset_is_cut_off_and_others_are_served() {
         }
     });
 
-    let mut sent = 0u32;
-    bounded("writing the rapid-reset batches", async {
-        const BATCH: u32 = 100;
-        while sent < RAPID_STREAMS {
-            let mut buf = Vec::new();
-            for i in sent..sent + BATCH {
-                let id = 2 * i + 1;
-                let block = h2raw::request_block("GET", &format!("/dest-a/rapid/{i}"), &[]);
-                h2raw::push_frame(
-                    &mut buf,
-                    h2raw::HEADERS,
-                    h2raw::END_STREAM | h2raw::END_HEADERS,
-                    id,
-                    &block,
-                );
-                h2raw::push_frame(
-                    &mut buf,
-                    h2raw::RST_STREAM,
-                    0,
-                    id,
-                    &h2raw::CANCEL.to_be_bytes(),
-                );
-            }
-            if !h2raw::write_all(&mut writer, &buf).await {
-                break;
-            }
-            sent += BATCH;
-        }
+    let sent = write_streams(&mut writer, "writing the rapid-reset batches", |i, buf| {
+        let id = 2 * i + 1;
+        let block = h2raw::request_block("GET", &format!("/dest-a/rapid/{i}"), &[]);
+        h2raw::push_frame(
+            buf,
+            h2raw::HEADERS,
+            h2raw::END_STREAM | h2raw::END_HEADERS,
+            id,
+            &block,
+        );
+        h2raw::push_frame(buf, h2raw::RST_STREAM, 0, id, &h2raw::CANCEL.to_be_bytes());
     })
     .await;
     let seen = bounded("the attacking connection's frames", reading)
@@ -280,40 +299,20 @@ async fn rapid_reset_with_the_h2_client_crate_is_cut_off() {
 async fn server_provoked_resets_are_cut_off() {
     let (pki, destination, gw, admin) = in_process().await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
-    let RawH2 {
-        mut reader,
-        mut writer,
-        ..
-    } = RawH2::open(&client).await;
-    let reading = tokio::spawn(async move {
-        reader
-            .collect_until_closed(Duration::from_secs(5), Duration::from_secs(90))
-            .await
-    });
-    let mut sent = 0u32;
-    bounded("writing malformed streams", async {
-        const BATCH: u32 = 100;
-        while sent < RAPID_STREAMS {
-            let mut buf = Vec::new();
-            for i in sent..sent + BATCH {
-                let block = h2raw::request_block(
-                    "GET",
-                    &format!("/dest-a/made-you-reset/{i}"),
-                    &[(b"connection", b"keep-alive")],
-                );
-                h2raw::push_frame(
-                    &mut buf,
-                    h2raw::HEADERS,
-                    h2raw::END_STREAM | h2raw::END_HEADERS,
-                    2 * i + 1,
-                    &block,
-                );
-            }
-            if !h2raw::write_all(&mut writer, &buf).await {
-                break;
-            }
-            sent += BATCH;
-        }
+    let (mut writer, reading) = open_recorded(&client).await;
+    let sent = write_streams(&mut writer, "writing malformed streams", |i, buf| {
+        let block = h2raw::request_block(
+            "GET",
+            &format!("/dest-a/made-you-reset/{i}"),
+            &[(b"connection", b"keep-alive")],
+        );
+        h2raw::push_frame(
+            buf,
+            h2raw::HEADERS,
+            h2raw::END_STREAM | h2raw::END_HEADERS,
+            2 * i + 1,
+            &block,
+        );
     })
     .await;
     let seen = bounded("the attacking connection's frames", reading)
