@@ -523,17 +523,8 @@ proptest! {
 // Headers
 // =======================================================================================
 
-/// Hop-by-hop fields that are always removed (`Connection` included).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-];
+// Hop-by-hop fields that are always removed (`Connection` included): the fuzz models' list.
+use models::HOP_BY_HOP;
 const END_TO_END: &[&str] = &[
     "authorization",
     "cookie",

@@ -221,24 +221,20 @@ async fn upstream_protocol_is_chosen_by_alpn() {
     let pki = Pki::new();
     let destination = Destination::start_http1(&pki.private_ca.issue(&["localhost"])).await;
     let setup = Setup::in_front_of(pki, destination, "").await;
-    for proto in BOTH {
-        let response = setup.client().get("/dest-a/Patient/1", proto).await;
-        assert_eq!(response.status(), 200, "{proto:?}");
-        assert_eq!(text_of(response).await, PATIENT);
-        assert_eq!(
-            setup.destination.last().version,
-            http::Version::HTTP_11,
-            "{proto:?}"
-        );
-    }
-    // Pooled there too: one keep-alive connection for sequential exchanges.
-    assert_eq!(setup.destination.connection_count(), 1);
+    // Pooled there too.
+    assert_http1_over_one_connection(&setup).await;
 }
 
 #[tokio::test]
 async fn upstream_http2_false_keeps_to_pooled_http1() {
     // The destination offers h2, but the route asks for HTTP/1.1 only.
     let setup = Setup::with_route_extra("upstream_http2 = false").await;
+    assert_http1_over_one_connection(&setup).await;
+}
+
+/// Over either client protocol, sequential exchanges reach the destination in HTTP/1.1 on
+/// one pooled keep-alive connection.
+async fn assert_http1_over_one_connection(setup: &Setup) {
     for proto in BOTH {
         let response = setup.client().get("/dest-a/Patient/1", proto).await;
         assert_eq!(response.status(), 200, "{proto:?}");
