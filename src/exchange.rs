@@ -57,8 +57,10 @@ pub struct ExchangeRecord {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
     pub method: Method,
-    /// The public request path, without the query (query strings can carry identifiers).
-    pub path: String,
+    /// The public request target. Only its path is logged and audited (query strings can
+    /// carry identifiers); kept as the `Uri`, whose clone shares the received bytes, so an
+    /// exchange whose log line is filtered out copies nothing.
+    pub uri: http::Uri,
     pub route: Option<Arc<str>>,
     pub status: u16,
     pub responder: Responder,
@@ -132,7 +134,7 @@ impl Drop for ExchangeRecord {
             listener = &*self.listener,
             peer = %self.peer,
             method = %self.method,
-            path = %self.path,
+            path = %self.uri.path(),
             route = self.route.as_deref().unwrap_or("-"),
             status = self.status,
             bytes_in = self.request_body.received.load(Ordering::Relaxed),
@@ -148,7 +150,7 @@ impl Drop for ExchangeRecord {
                 started_ms: audit.started_ms,
                 ended_ms: audit.started_ms + self.started.elapsed().as_millis() as i64,
                 method: self.method.to_string(),
-                public_path: std::mem::take(&mut self.path),
+                public_path: self.uri.path().to_owned(),
                 private_path: audit.private_path,
                 below_base: audit.below_base,
                 query: audit.query,

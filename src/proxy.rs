@@ -292,7 +292,7 @@ pub async fn handle(
         listener: conn.listener.clone(),
         peer: conn.peer,
         method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
+        uri: parts.uri.clone(),
         route: None,
         status: 0,
         responder: Responder::Upstream,
