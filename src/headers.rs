@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use http::header::{
     CONNECTION, FORWARDED, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE, VIA,
@@ -33,6 +34,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// The gateway calls this before adding its own `Forwarded`, `Via`, `TE` and request id, so
 /// a client cannot name those in `Connection` to strip what the gateway adds.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Almost no message carries one: a look at each name is cheaper than eight removals,
+    // each of which hashes its name.
+    if !headers
+        .keys()
+        .any(|name| *name == CONNECTION || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     // The named fields are removed from the map the `Connection` lines live in, so each line
     // is cloned first: a reference count on the received bytes, not a copy.
     let mut line = 0;
@@ -81,13 +90,20 @@ pub fn accepts_trailers(headers: &HeaderMap) -> bool {
 
 /// Appends an RFC 7239 element `for=<client>;proto=https;host=<host>` as a new `Forwarded`
 /// line, after any the client sent (RFC 7239 §4: each proxy appends its own element).
+pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
+    if let Some(value) = forwarded_element(client, host) {
+        headers.append(FORWARDED, value);
+    }
+}
+
+/// The RFC 7239 element `for=<client>;proto=https;host=<host>` this gateway adds.
 ///
 /// An IPv4-mapped IPv6 peer (a dual-stack listener) is written as the IPv4 address it is.
 /// `host` is the `Host` / `:authority` as received (RFC 7239 §5.3), port included; it is a
 /// quoted-string whenever it is not a plain token, so a `;`, `,` or `=` in it cannot add
 /// parameters or elements. A host that not even a quoted-string can carry (control
 /// characters) is left out rather than sent damaged.
-pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
+pub fn forwarded_element(client: IpAddr, host: &str) -> Option<HeaderValue> {
     let mut value = String::with_capacity(64 + host.len());
     match client.to_canonical() {
         IpAddr::V4(ip) => {
@@ -104,8 +120,33 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
         push_token_or_quoted(&mut value, host);
     }
     // Cannot fail: every character was checked above; a failure would only drop the line.
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.append(FORWARDED, value);
+    HeaderValue::from_str(&value).ok()
+}
+
+/// One connection's `Forwarded` element, made on its first exchange and reused while the
+/// host stays the same. The client address is the connection's, and clients keep to one
+/// host per connection, so formatting the address again on every exchange (the costliest
+/// of the gateway's own header rules) would only repeat the same bytes.
+#[derive(Debug, Default)]
+pub struct ForwardedMemo(OnceLock<(Box<str>, HeaderValue)>);
+
+impl ForwardedMemo {
+    /// Appends the element for `client` and `host`, as [`append_forwarded`] does.
+    /// `client` must be the same on every call: it is the connection's peer.
+    pub fn append(&self, headers: &mut HeaderMap, client: IpAddr, host: &str) {
+        let value = match self.0.get() {
+            Some((known, value)) if **known == *host => Some(value.clone()),
+            _ => {
+                let value = forwarded_element(client, host);
+                if let Some(value) = &value {
+                    let _ = self.0.set((host.into(), value.clone()));
+                }
+                value
+            }
+        };
+        if let Some(value) = value {
+            headers.append(FORWARDED, value);
+        }
     }
 }
 
@@ -155,12 +196,18 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
 /// sane ([`is_sane_request_id`]), so an originator can follow its own id through the logs;
 /// otherwise a fresh UUID v4 (hyphenated, lower-case). Two lines are ambiguous, and an
 /// insane value could forge log lines or break the OperationOutcome it is quoted in.
+///
+/// The value is marked sensitive, which HTTP/2 sends as a never-indexed literal (RFC 7541
+/// §6.2.3): an id differs on every exchange, so entering it into the HPACK tables of both
+/// connections would only push out fields that do repeat, and cost more than it saves.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     let mut values = headers.get_all(X_REQUEST_ID).iter();
     if let (Some(value), None) = (values.next(), values.next())
         && is_sane_request_id(value.as_bytes())
     {
-        return value.clone();
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        return value;
     }
     generate_request_id()
 }
@@ -177,7 +224,9 @@ pub fn is_sane_request_id(value: &[u8]) -> bool {
 fn generate_request_id() -> HeaderValue {
     let mut buffer = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    HeaderValue::from_str(id).expect("a hyphenated UUID is a valid header value")
+    let mut value = HeaderValue::from_str(id).expect("a hyphenated UUID is a valid header value");
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]
@@ -379,6 +428,51 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_REQUEST_ID, HeaderValue::from_str(&longest).unwrap());
         assert_eq!(request_id(&h), longest.as_str());
+    }
+
+    #[test]
+    fn request_ids_are_never_indexed_by_hpack() {
+        let kept = map(&[("x-request-id", "abc-123")]);
+        assert!(request_id(&kept).is_sensitive());
+        assert!(request_id(&HeaderMap::new()).is_sensitive());
+    }
+
+    #[test]
+    fn forwarded_memo_reuses_the_element_for_the_same_host_only() {
+        let memo = ForwardedMemo::default();
+        let client = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        let mut h = HeaderMap::new();
+        for host in ["fhir.example.org", "fhir.example.org", "other.example.org"] {
+            memo.append(&mut h, client, host);
+        }
+        // A host no quoted-string can carry is left out, as append_forwarded does.
+        memo.append(&mut h, client, "bad\x01host");
+        memo.append(&mut h, client, "fhir.example.org");
+        assert_eq!(
+            lines(&h, "forwarded"),
+            [
+                "for=198.51.100.7;proto=https;host=fhir.example.org",
+                "for=198.51.100.7;proto=https;host=fhir.example.org",
+                "for=198.51.100.7;proto=https;host=other.example.org",
+                "for=198.51.100.7;proto=https",
+                "for=198.51.100.7;proto=https;host=fhir.example.org",
+            ]
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_removal_leaves_a_clean_map_alone() {
+        let mut h = map(&[
+            ("accept", "application/fhir+json"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+        ]);
+        let before = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        let mut h = map(&[("x-a", "1"), ("keep-alive", "timeout=5"), ("x-b", "2")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, map(&[("x-a", "1"), ("x-b", "2")]));
     }
 
     #[test]

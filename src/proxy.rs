@@ -22,7 +22,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format};
 use crate::exchange::{AuditContext, ExchangeRecord, Outcome, Responder};
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, ForwardedMemo, X_REQUEST_ID};
 use crate::limits::RateLimiter;
 use crate::metrics::{FailureLabels, Metrics, Name, RouteSeries};
 use crate::route::{self, RouteTable};
@@ -39,6 +39,8 @@ pub struct ConnectionInfo {
     pub sni: Option<Box<str>>,
     /// Exchanges in flight on the connection, for its idle timeout (`None` outside a server).
     pub activity: Option<Arc<crate::idle::Activity>>,
+    /// The `Forwarded` element of this connection's exchanges, made once.
+    pub forwarded: ForwardedMemo,
 }
 
 /// Everything an exchange needs from the configuration, built once and shared read-only.
@@ -179,14 +181,15 @@ impl Snapshot {
             matched.remainder,
             parts.uri.query(),
         );
-        let uri = route.upstream.uri(&target)?;
+        let uri = route.upstream.uri(target)?;
         if let Some(audit) = &mut record.audit {
             audit.private_path = Some(uri.path().to_owned());
         }
         let accepts_trailers = headers::accepts_trailers(&parts.headers);
         headers::remove_hop_by_hop(&mut parts.headers);
         if route.forwarded {
-            headers::append_forwarded(&mut parts.headers, conn.peer.ip(), host);
+            conn.forwarded
+                .append(&mut parts.headers, conn.peer.ip(), host);
             headers::append_via(&mut parts.headers, parts.version);
         }
         if accepts_trailers {

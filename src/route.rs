@@ -154,6 +154,10 @@ fn is_port_suffix(suffix: &str) -> bool {
 /// no FHIR path needs them next to a dot segment.
 pub fn has_dot_segment(path: &str) -> bool {
     let bytes = path.as_bytes();
+    // A dot segment needs a `.` or a `%2e`; most FHIR paths have neither.
+    if !bytes.iter().any(|b| *b == b'.' || *b == b'%') {
+        return false;
+    }
     let mut i = 0;
     let mut segment = DotCounter::default();
     loop {

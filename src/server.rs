@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use crate::admin::{self, AdminState, Readiness};
 use crate::audit::{AuditError, AuditKey, Auditor, SecurityAudit};
 use crate::config::{Config, Limits};
+use crate::headers::ForwardedMemo;
 use crate::idle::Activity;
 use crate::limits::{ConnectionLimits, ConnectionPermit};
 use crate::metrics::{
@@ -758,6 +759,7 @@ impl Listener {
             peer,
             sni,
             activity: Some(activity.clone()),
+            forwarded: ForwardedMemo::default(),
         });
         let snapshot = self.snapshot.clone();
         let service = service_fn(move |request| {

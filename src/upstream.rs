@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -115,15 +116,15 @@ impl Upstream {
     }
 
     /// The absolute upstream URI for an already rewritten path and query.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
-        let path_and_query = PathAndQuery::try_from(path_and_query)
+    pub fn uri(&self, path_and_query: String) -> Result<Uri, GatewayError> {
+        // Parsed in the string's own buffer, not copied into a new one.
+        let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path_and_query))
             .map_err(|_| GatewayError::Malformed("request target cannot be forwarded"))?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| GatewayError::Internal(e.into()))
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.into()))
     }
 
     /// Sends one request and waits for the response headers.
