@@ -50,6 +50,7 @@ pub mod idle;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod multiplexed;
 pub mod proxy;
 pub mod route;
 pub mod sample;

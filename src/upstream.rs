@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use crate::body::RequestBody;
 use crate::config::RouteConfig;
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
+use crate::multiplexed::{Multiplexed, Sent};
 use crate::tls::{UpstreamTrustError, upstream_client_config};
 
 /// How long an unused pooled connection is kept open.
@@ -39,6 +40,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A route's upstream: where exchanges go and the pool of connections to get there.
 pub struct Upstream {
     client: Client<Connector, RequestBody>,
+    /// The HTTP/2 connection (`upstream_http2`, the default); the pooled client carries
+    /// HTTP/1.1 exchanges.
+    multiplexed: Option<Multiplexed>,
     scheme: Scheme,
     authority: Authority,
     /// Upstream base path, prepended to the rest of the request path.
@@ -85,12 +89,8 @@ impl Upstream {
                     host: route.upstream.host.clone(),
                 })
                 .clone(),
+            parked: Arc::default(),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         let scheme = if route.upstream.tls {
             Scheme::HTTPS
         } else {
@@ -101,8 +101,22 @@ impl Upstream {
                 route: route.name.clone(),
             }
         })?;
+        let multiplexed = route.upstream_http2.then(|| {
+            let mut target = http::uri::Parts::default();
+            target.scheme = Some(scheme.clone());
+            target.authority = Some(authority.clone());
+            target.path_and_query = Some(PathAndQuery::from_static("/"));
+            let target = Uri::from_parts(target).expect("scheme, authority and path make a URI");
+            Multiplexed::new(connector.clone(), target)
+        });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
         Ok(Upstream {
             client,
+            multiplexed,
             scheme,
             authority,
             base_path: route.upstream.path.clone(),
@@ -143,15 +157,35 @@ impl Upstream {
             tokio::time::sleep(self.response_timeout).await;
         };
         tokio::select! {
-            result = self.client.request(request) => result.map_err(|e| {
-                let kind = classify(&e);
-                GatewayError::Upstream { kind, source: e.into() }
-            }),
+            result = self.dispatch(request) => result,
             () = response_deadline => Err(GatewayError::Upstream {
                 kind: UpstreamFailure::ResponseTimeout,
                 source: "no response headers within response_timeout".into(),
             }),
         }
+    }
+}
+
+impl Upstream {
+    /// Over the HTTP/2 connection when there is one, otherwise by the pooled client.
+    async fn dispatch(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let request = match &self.multiplexed {
+            Some(multiplexed) => match multiplexed.send(request).await {
+                Sent::Done(result) => return result,
+                Sent::Http1(request) => request,
+            },
+            None => request,
+        };
+        self.client.request(request).await.map_err(|e| {
+            let kind = classify(&e);
+            GatewayError::Upstream {
+                kind,
+                source: e.into(),
+            }
+        })
     }
 }
 
@@ -223,9 +257,20 @@ pub struct Connector {
     open: Gauge,
     /// `fhirgate_upstream_certificate_expiry_timestamp_seconds{route,host}`.
     certificate_expiry: Gauge,
+    /// A connection opened for HTTP/2 on which the upstream chose HTTP/1.1: the pooled
+    /// client's next connection, so it is not opened twice.
+    parked: Arc<Mutex<Option<UpstreamStream>>>,
 }
 
-type UpstreamStream = Counted<MaybeHttpsStream<TokioIo<TcpStream>>>;
+impl Connector {
+    /// Keeps `stream` for the next [`tower_service::Service::call`].
+    pub fn park(&self, stream: UpstreamStream) {
+        *self.parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+    }
+}
+
+/// An upstream connection as the connector makes it.
+pub type UpstreamStream = Counted<MaybeHttpsStream<TokioIo<TcpStream>>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
 
 impl tower_service::Service<Uri> for Connector {
@@ -240,6 +285,9 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        if let Some(stream) = self.parked.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Box::pin(std::future::ready(Ok(stream)));
+        }
         let connecting = self.inner.call(uri);
         let timeout = self.timeout;
         let open = self.open.clone();

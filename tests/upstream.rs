@@ -226,6 +226,52 @@ async fn upstream_protocol_is_chosen_by_alpn() {
 }
 
 #[tokio::test]
+async fn a_burst_on_a_cold_route_opens_one_http2_connection() {
+    let setup = Setup::new().await;
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let client = setup.client();
+        burst.spawn(async move {
+            let response = client
+                .get(&format!("/dest-a/Patient/{i}"), Proto::Http2)
+                .await;
+            response.status()
+        });
+    }
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(setup.destination.requests().len(), 8);
+    assert_eq!(setup.destination.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn a_closed_http2_upstream_connection_is_replaced() {
+    // The destination ends each connection after one exchange (GOAWAY, then close): every
+    // next exchange goes on a new connection and none of them fails.
+    let pki = Pki::new();
+    let destination =
+        Destination::start_closing_after_one(&pki.private_ca.issue(&["localhost"])).await;
+    let setup = Setup::in_front_of(pki, destination, "").await;
+    for i in 0..4 {
+        let response = setup
+            .client()
+            .get(&format!("/dest-a/Patient/{i}"), Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200, "exchange {i}");
+        assert_eq!(text_of(response).await, PATIENT);
+        assert_eq!(setup.destination.last().version, http::Version::HTTP_2);
+        bounded("the destination closing its connection", async {
+            while setup.destination.closed.load(Ordering::SeqCst) <= i {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+    assert_eq!(setup.destination.connection_count(), 4);
+}
+
+#[tokio::test]
 async fn upstream_http2_false_keeps_to_pooled_http1() {
     // The destination offers h2, but the route asks for HTTP/1.1 only.
     let setup = Setup::with_route_extra("upstream_http2 = false").await;

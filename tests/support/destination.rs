@@ -122,6 +122,8 @@ pub struct Destination {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// TCP connections accepted (pooling shows as one connection for many requests).
     pub connections: Arc<AtomicUsize>,
+    /// Connections that have ended (counted by [`Destination::start_closing_after_one`]).
+    pub closed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -195,6 +197,43 @@ impl Destination {
             addr,
             received,
             connections,
+            closed: Arc::default(),
+            task,
+        }
+    }
+
+    /// Serves TLS with `leaf`, HTTP/2 only, and ends every connection gracefully (GOAWAY)
+    /// after its first exchange, as nginx does once a connection's `keepalive_requests`
+    /// are used up.
+    pub async fn start_closing_after_one(leaf: &Leaf) -> Destination {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let acceptor = TlsAcceptor::from(Arc::new(server_config_with_alpn(leaf, &[b"h2"])));
+        let (rec, conns, ended) = (received.clone(), connections.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (rec, acceptor, ended) = (rec.clone(), acceptor.clone(), ended.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve_one_exchange(tls, rec).await;
+                    }
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Destination {
+            addr,
+            received,
+            connections,
+            closed,
             task,
         }
     }
@@ -224,6 +263,31 @@ fn query_param(target: &str, name: &str) -> Option<u64> {
 
 /// Records the request head at once, then its body and trailers as they end (hashed as they
 /// arrive, never collected), then answers by path.
+/// Serves one HTTP/2 connection until its first response is made, then closes it gracefully.
+async fn serve_one_exchange(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    received: Arc<Mutex<Vec<Received>>>,
+) {
+    let served = Arc::new(tokio::sync::Notify::new());
+    let notify = served.clone();
+    let service = service_fn(move |req| {
+        let (received, notify) = (received.clone(), notify.clone());
+        async move {
+            let response = respond(req, received).await;
+            notify.notify_one();
+            response
+        }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = served.notified() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
+}
+
 async fn respond(
     req: Request<Incoming>,
     received: Arc<Mutex<Vec<Received>>>,
