@@ -56,6 +56,9 @@ struct State {
     last_used: Option<Instant>,
     /// The upstream chose HTTP/1.1: exchanges go to the pooled client.
     http1: bool,
+    /// Connection attempts that failed, and how the last one failed.
+    failures: u64,
+    last_failure: Option<UpstreamFailure>,
 }
 
 /// Where an exchange went.
@@ -128,12 +131,41 @@ impl Shared {
     }
 
     /// Opens a connection, unless another exchange did while this one waited its turn.
+    /// Exchanges that waited for an attempt that failed fail with it: trying again one
+    /// after another would keep the last of a burst waiting for a `connect_timeout` per
+    /// exchange ahead of it.
     async fn connect(self: &Arc<Self>) -> Result<Option<(Sender, u64, bool)>, ConnectError> {
+        let failures_before = self.state().failures;
         let _connecting = self.connecting.lock().await;
         // Another exchange may have opened one while this one waited.
         if let Some(found) = self.current() {
             return Ok(found.map(|(sender, generation)| (sender, generation, true)));
         }
+        if let Some(kind) = self.failed_since(failures_before) {
+            return Err(ConnectError {
+                kind,
+                source: "the connection attempt this exchange waited for failed".into(),
+            });
+        }
+        let result = self.open().await;
+        if let Err(error) = &result {
+            let mut state = self.state();
+            state.failures += 1;
+            state.last_failure = Some(error.kind);
+        }
+        result
+    }
+
+    /// How the last attempt failed, if one failed after `failures_before` were counted.
+    fn failed_since(&self, failures_before: u64) -> Option<UpstreamFailure> {
+        let state = self.state();
+        state
+            .last_failure
+            .filter(|_| state.failures != failures_before)
+    }
+
+    /// One connection attempt: TCP, TLS, then the HTTP/2 preface.
+    async fn open(self: &Arc<Self>) -> Result<Option<(Sender, u64, bool)>, ConnectError> {
         let stream = self.connector.clone().call(self.target.clone()).await?;
         if !stream.connected().is_negotiated_h2() {
             self.connector.park(stream);

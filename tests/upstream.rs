@@ -3,7 +3,8 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use support::*;
 
@@ -113,6 +114,49 @@ async fn connect_timeout_is_504() {
     let response = client.get("/dest/x", Proto::Http1).await;
     assert_eq!(response.status(), 504);
     assert!(text_of(response).await.contains(r#""code":"timeout""#));
+    hold.abort();
+}
+
+#[tokio::test]
+async fn a_burst_waiting_for_a_connection_that_times_out_makes_one_attempt() {
+    // Accepts TCP but never answers the TLS handshake, counting the attempts.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let pki = Pki::new();
+    let gw = gateway_to(
+        &pki,
+        &format!("https://localhost:{port}/fhir"),
+        r#"connect_timeout = "1s""#,
+    )
+    .await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let client = client.clone();
+        burst.spawn(async move {
+            client
+                .get(&format!("/dest/{i}"), Proto::Http2)
+                .await
+                .status()
+        });
+    }
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.unwrap(), 504);
+    }
+    // The exchanges that waited for the first attempt failed with it, not one by one.
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    // The next exchange tries again.
+    assert_eq!(client.get("/dest/again", Proto::Http1).await.status(), 504);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
     hold.abort();
 }
 
