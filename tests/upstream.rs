@@ -92,52 +92,61 @@ async fn refused_connection_is_502() {
     assert!(text_of(response).await.contains(r#""code":"transient""#));
 }
 
+/// An upstream that accepts TCP but never answers the TLS handshake, counting what it
+/// accepts; it stops when dropped.
+struct SilentUpstream {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentUpstream {
+    async fn start() -> SilentUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        SilentUpstream {
+            port,
+            accepted,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}/fhir", self.port)
+    }
+}
+
+impl Drop for SilentUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test]
 async fn connect_timeout_is_504() {
-    // Accepts TCP but never answers the TLS handshake.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent = SilentUpstream::start().await;
     let pki = Pki::new();
-    let gw = gateway_to(
-        &pki,
-        &format!("https://localhost:{port}/fhir"),
-        r#"connect_timeout = "300ms""#,
-    )
-    .await;
+    let gw = gateway_to(&pki, &silent.url(), r#"connect_timeout = "300ms""#).await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
     let response = client.get("/dest/x", Proto::Http1).await;
     assert_eq!(response.status(), 504);
     assert!(text_of(response).await.contains(r#""code":"timeout""#));
-    hold.abort();
 }
 
 #[tokio::test]
 async fn a_burst_waiting_for_a_connection_that_times_out_makes_one_attempt() {
-    // Accepts TCP but never answers the TLS handshake, counting the attempts.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let counted = attempts.clone();
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            held.push(s);
-        }
-    });
+    let silent = SilentUpstream::start().await;
     let pki = Pki::new();
-    let gw = gateway_to(
-        &pki,
-        &format!("https://localhost:{port}/fhir"),
-        r#"connect_timeout = "1s""#,
-    )
-    .await;
+    let gw = gateway_to(&pki, &silent.url(), r#"connect_timeout = "1s""#).await;
     let client = Client::new(&pki.public_ca.pem, gw.addr);
     let mut burst = tokio::task::JoinSet::new();
     for i in 0..4 {
@@ -153,11 +162,10 @@ async fn a_burst_waiting_for_a_connection_that_times_out_makes_one_attempt() {
         assert_eq!(status.unwrap(), 504);
     }
     // The exchanges that waited for the first attempt failed with it, not one by one.
-    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(silent.accepted.load(Ordering::SeqCst), 1);
     // The next exchange tries again.
     assert_eq!(client.get("/dest/again", Proto::Http1).await.status(), 504);
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
-    hold.abort();
+    assert_eq!(silent.accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
