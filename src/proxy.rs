@@ -2,7 +2,7 @@
 //! upstream → response passed back → exchange record.
 //!
 //! [`handle`] is the outer function: it owns the exchange record and turns a
-//! [`GatewayError`] into an OperationOutcome. [`Snapshot::forward`] is the inner one and
+//! [`GatewayError`] into an OperationOutcome. `Snapshot::forward` (private) is the inner one and
 //! reads as the request's story.
 
 use std::fmt;
