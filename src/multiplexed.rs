@@ -61,6 +61,18 @@ struct State {
     last_failure: Option<UpstreamFailure>,
 }
 
+/// What an exchange finds when it asks for the connection.
+enum Found {
+    /// The open HTTP/2 connection; `reused` when it was there before this exchange asked.
+    Http2 {
+        sender: Sender,
+        generation: u64,
+        reused: bool,
+    },
+    /// The upstream chose HTTP/1.1: the pooled client serves the route.
+    Http1,
+}
+
 /// Where an exchange went.
 pub enum Sent {
     /// Over the HTTP/2 connection: the response head, or why there is none.
@@ -89,8 +101,12 @@ impl Multiplexed {
         let mut retried = false;
         loop {
             let (mut sender, generation, reused) = match self.shared.sender().await {
-                Ok(Some(found)) => found,
-                Ok(None) => return Sent::Http1(request),
+                Ok(Found::Http2 {
+                    sender,
+                    generation,
+                    reused,
+                }) => (sender, generation, reused),
+                Ok(Found::Http1) => return Sent::Http1(request),
                 Err(error) => {
                     return Sent::Done(Err(GatewayError::Upstream {
                         kind: error.kind,
@@ -119,11 +135,10 @@ impl Multiplexed {
 }
 
 impl Shared {
-    /// The open connection's sender, its generation and whether it carried exchanges
-    /// before; a new connection if there is none; `None` once the upstream chose HTTP/1.1.
-    async fn sender(self: &Arc<Self>) -> Result<Option<(Sender, u64, bool)>, ConnectError> {
+    /// The open connection, or a new one if there is none.
+    async fn sender(self: &Arc<Self>) -> Result<Found, ConnectError> {
         match self.current() {
-            Some(found) => Ok(found.map(|(sender, generation)| (sender, generation, true))),
+            Some(found) => Ok(found),
             // Boxed: connecting holds large futures (TLS handshake, HTTP/2 preface) that
             // would otherwise enlarge, and be copied with, every exchange's future.
             None => Box::pin(self.connect()).await,
@@ -134,12 +149,12 @@ impl Shared {
     /// Exchanges that waited for an attempt that failed fail with it: trying again one
     /// after another would keep the last of a burst waiting for a `connect_timeout` per
     /// exchange ahead of it.
-    async fn connect(self: &Arc<Self>) -> Result<Option<(Sender, u64, bool)>, ConnectError> {
+    async fn connect(self: &Arc<Self>) -> Result<Found, ConnectError> {
         let failures_before = self.state().failures;
         let _connecting = self.connecting.lock().await;
         // Another exchange may have opened one while this one waited.
         if let Some(found) = self.current() {
-            return Ok(found.map(|(sender, generation)| (sender, generation, true)));
+            return Ok(found);
         }
         if let Some(kind) = self.failed_since(failures_before) {
             return Err(ConnectError {
@@ -165,12 +180,12 @@ impl Shared {
     }
 
     /// One connection attempt: TCP, TLS, then the HTTP/2 preface.
-    async fn open(self: &Arc<Self>) -> Result<Option<(Sender, u64, bool)>, ConnectError> {
+    async fn open(self: &Arc<Self>) -> Result<Found, ConnectError> {
         let stream = self.connector.clone().call(self.target.clone()).await?;
         if !stream.connected().is_negotiated_h2() {
             self.connector.park(stream);
             self.state().http1 = true;
-            return Ok(None);
+            return Ok(Found::Http1);
         }
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -188,19 +203,26 @@ impl Shared {
             state.generation
         };
         tokio::spawn(drive(connection, Arc::downgrade(self), generation));
-        Ok(Some((sender, generation, false)))
+        Ok(Found::Http2 {
+            sender,
+            generation,
+            reused: false,
+        })
     }
 
-    /// `Some(None)` when the pooled client serves the route; the sender and generation
-    /// while the connection is open; `None` when one must be opened.
-    fn current(&self) -> Option<Option<(Sender, u64)>> {
+    /// What serves the route now; `None` when a connection must be opened.
+    fn current(&self) -> Option<Found> {
         let mut state = self.state();
         if state.http1 {
-            return Some(None);
+            return Some(Found::Http1);
         }
         let sender = state.sender.as_ref().filter(|s| !s.is_closed())?.clone();
         state.last_used = Some(Instant::now());
-        Some(Some((sender, state.generation)))
+        Some(Found::Http2 {
+            sender,
+            generation: state.generation,
+            reused: true,
+        })
     }
 
     /// Stops handing out the connection of `generation`: it refused a request, so it is

@@ -102,11 +102,8 @@ impl Upstream {
             }
         })?;
         let multiplexed = route.upstream_http2.then(|| {
-            let mut target = http::uri::Parts::default();
-            target.scheme = Some(scheme.clone());
-            target.authority = Some(authority.clone());
-            target.path_and_query = Some(PathAndQuery::from_static("/"));
-            let target = Uri::from_parts(target).expect("scheme, authority and path make a URI");
+            let target = absolute_uri(&scheme, &authority, PathAndQuery::from_static("/"))
+                .expect("scheme, authority and path make a URI");
             Multiplexed::new(connector.clone(), target)
         });
         let client = Client::builder(TokioExecutor::new())
@@ -134,11 +131,8 @@ impl Upstream {
         // Parsed in the string's own buffer, not copied into a new one.
         let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path_and_query))
             .map_err(|_| GatewayError::Malformed("request target cannot be forwarded"))?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.into()))
+        absolute_uri(&self.scheme, &self.authority, path_and_query)
+            .map_err(|e| GatewayError::Internal(e.into()))
     }
 
     /// Sends one request and waits for the response headers.
@@ -164,9 +158,7 @@ impl Upstream {
             }),
         }
     }
-}
 
-impl Upstream {
     /// Over the HTTP/2 connection when there is one, otherwise by the pooled client.
     async fn dispatch(
         &self,
@@ -187,6 +179,19 @@ impl Upstream {
             }
         })
     }
+}
+
+/// `scheme://authority` followed by `path_and_query`.
+fn absolute_uri(
+    scheme: &Scheme,
+    authority: &Authority,
+    path_and_query: PathAndQuery,
+) -> Result<Uri, http::uri::InvalidUriParts> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts)
 }
 
 /// Finds what went wrong in a client error: connect failures carry our [`ConnectError`];
