@@ -6,6 +6,8 @@
 //! * [`ResponseBody`] carries the destination's body (or a gateway-made OperationOutcome)
 //!   to the client, counts it, and owns the [`ExchangeRecord`] that reports the exchange
 //!   when the body is finished or dropped.
+//! * [`UpstreamBody`] is the destination's body as it arrives: from the pooled client or
+//!   from a stream of the shared HTTP/2 connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +24,7 @@ use tokio::time::Sleep;
 
 use crate::error::BoxError;
 use crate::exchange::{ExchangeRecord, Outcome};
+use crate::multiplexed::StreamBody;
 
 /// What the request body wrapper observed, shared with the exchange.
 #[derive(Debug, Default)]
@@ -147,6 +150,45 @@ impl Body for RequestBody {
     }
 }
 
+/// The destination's response body, whichever way it came.
+pub enum UpstreamBody {
+    /// From the pooled client: HTTP/1.1 upstreams, and every upstream of a route with `upstream_http2 = false`.
+    Pooled(Incoming),
+    /// From a stream of the route's shared HTTP/2 connection.
+    Multiplexed(StreamBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            UpstreamBody::Multiplexed(inner) => Pin::new(inner).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(inner) => inner.is_end_stream(),
+            UpstreamBody::Multiplexed(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(inner) => inner.size_hint(),
+            UpstreamBody::Multiplexed(inner) => inner.size_hint(),
+        }
+    }
+}
+
 /// What the client receives.
 pub struct ResponseBody {
     source: Source,
@@ -157,13 +199,13 @@ pub struct ResponseBody {
 
 enum Source {
     /// The destination's body, passed through frame by frame (data and trailers).
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// A gateway-made OperationOutcome; `None` once sent.
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: Incoming, record: ExchangeRecord) -> Self {
+    pub fn upstream(inner: UpstreamBody, record: ExchangeRecord) -> Self {
         Self::new(Source::Upstream(inner), record)
     }
 
@@ -222,7 +264,7 @@ impl Body for ResponseBody {
                     // HTTP/1.1 connection closes before the final chunk, an HTTP/2 stream is
                     // reset. A truncated body must never look complete.
                     this.record.outcome = Outcome::UpstreamBroke;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 None => None,
             },

@@ -1,10 +1,14 @@
 //! A route's one HTTP/2 connection to its upstream, shared by all its exchanges.
 //!
 //! hyper-util's pooled client could carry these exchanges too, but on every exchange it
-//! hashes the pool key, checks a connection out of the pool and puts it back: about 4 % of
-//! the instructions of a small exchange. A route has exactly one upstream and HTTP/2
-//! multiplexes, so one connection, driven through hyper's own `client::conn::http2`, needs
-//! no pool: an exchange clones the connection's sender under a short lock.
+//! hashes the pool key, checks a connection out of the pool and puts it back. hyper's own
+//! `client::conn::http2` needs no pool, but hands every request through a channel to the
+//! connection's task and spawns one more task per request to wait for the response. A
+//! route has exactly one upstream and HTTP/2 multiplexes, so the exchange itself drives its
+//! stream on the [`h2`] connection (the crate under hyper's HTTP/2): it clones the
+//! connection's sender under a short lock, opens the stream, and awaits the response head
+//! in its own task. Only a request with a body to send gets a task of its own, which pumps
+//! the body into the stream under HTTP/2 flow control.
 //!
 //! The connection is opened by the route's [`Connector`] on the first exchange (one
 //! exchange connects while the others wait for it), replaced when it closes, and let go
@@ -13,24 +17,40 @@
 //! plain HTTP), the connection is handed to the pooled client, which serves the route from
 //! then on.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
+use http_body::{Body, Frame};
 use hyper_util::client::legacy::connect::Connection;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::RequestBody;
-use crate::error::{GatewayError, UpstreamFailure};
+use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::upstream::{ConnectError, Connector};
 
 /// How long the connection is kept without a new exchange (as hyper-util's pool keeps an
 /// idle connection).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+// The connection's settings are hyper's HTTP/2 client defaults, which the gateway used
+// before it drove `h2` itself: large receive windows so one stream can fill a fast link,
+// bounded send buffering, no server push.
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// The route's HTTP/2 connection, opened when first needed.
 pub struct Multiplexed {
@@ -46,7 +66,7 @@ struct Shared {
     connecting: tokio::sync::Mutex<()>,
 }
 
-type Sender = SendRequest<RequestBody>;
+type Sender = SendRequest<Bytes>;
 
 #[derive(Default)]
 struct State {
@@ -76,7 +96,7 @@ enum Found {
 /// Where an exchange went.
 pub enum Sent {
     /// Over the HTTP/2 connection: the response head, or why there is none.
-    Done(Result<Response<Incoming>, GatewayError>),
+    Done(Result<Response<StreamBody>, GatewayError>),
     /// Not sent: the upstream speaks HTTP/1.1, so the pooled client must carry it.
     Http1(Request<RequestBody>),
 }
@@ -97,10 +117,10 @@ impl Multiplexed {
     /// Sends `request` and waits for the response head. A request the connection refused
     /// before sending any of it (the upstream was closing the connection) is sent once more
     /// on a new connection, as hyper-util's client does.
-    pub async fn send(&self, mut request: Request<RequestBody>) -> Sent {
+    pub async fn send(&self, request: Request<RequestBody>) -> Sent {
         let mut retried = false;
         loop {
-            let (mut sender, generation, reused) = match self.shared.sender().await {
+            let (sender, generation, reused) = match self.shared.sender().await {
                 Ok(Found::Http2 {
                     sender,
                     generation,
@@ -114,23 +134,187 @@ impl Multiplexed {
                     }));
                 }
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Sent::Done(Ok(response)),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused && !retried => {
-                        self.shared.retire(generation);
-                        request = unsent;
-                        retried = true;
-                    }
-                    _ => {
-                        return Sent::Done(Err(GatewayError::Upstream {
-                            kind: UpstreamFailure::Broken,
-                            source: error.into_error().into(),
-                        }));
-                    }
-                },
+            // Ready fails, with the request still unsent, once the connection has closed or
+            // the upstream has said GOAWAY.
+            match sender.ready().await {
+                Ok(sender) => return Sent::Done(exchange(sender, request).await),
+                Err(_) if reused && !retried => {
+                    self.shared.retire(generation);
+                    retried = true;
+                }
+                Err(error) => return Sent::Done(Err(broken(error))),
             }
         }
+    }
+}
+
+/// Opens the exchange's stream and waits for the response head. A request body is pumped
+/// by a task of its own, since it may still be arriving when the response has come.
+async fn exchange(
+    mut sender: Sender,
+    request: Request<RequestBody>,
+) -> Result<Response<StreamBody>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let head = Request::from_parts(parts, ());
+    let end_of_stream = body.is_end_stream();
+    let (response, stream) = sender.send_request(head, end_of_stream).map_err(broken)?;
+    let mut cancel = None;
+    if !end_of_stream {
+        let (tx, rx) = oneshot::channel();
+        cancel = Some(CancelPump(Some(tx)));
+        tokio::spawn(pump(body, stream, rx));
+    }
+    let response = response.await.map_err(broken)?;
+    // Once the response has come the body goes on by itself: the upstream may still want it.
+    if let Some(mut cancel) = cancel {
+        cancel.0 = None;
+    }
+    Ok(response.map(|recv| StreamBody {
+        recv,
+        data_done: false,
+    }))
+}
+
+fn broken(error: h2::Error) -> GatewayError {
+    GatewayError::Upstream {
+        kind: UpstreamFailure::Broken,
+        source: error.into(),
+    }
+}
+
+/// Resets the stream of a request body still being pumped when the exchange gives up
+/// before the response head has come (a deadline passed, the client left): hyper's server
+/// would go on reading the client's body, and the upstream would get it to its end.
+struct CancelPump(Option<oneshot::Sender<()>>);
+
+impl Drop for CancelPump {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Sends the client's body into the stream, frame by frame: each frame waits until the
+/// upstream's flow-control window has room, so a slow upstream slows the client down
+/// instead of filling memory. A body that fails (cut off by a limit, broken by the client)
+/// resets the stream, so the upstream never takes it as complete.
+async fn pump(
+    mut body: RequestBody,
+    mut stream: SendStream<Bytes>,
+    mut cancel: oneshot::Receiver<()>,
+) {
+    let mut cancel_open = true;
+    let outcome = std::future::poll_fn(|cx| {
+        // Checked first, so no frame that arrives after the exchange gave up is sent.
+        if cancel_open {
+            match Pin::new(&mut cancel).poll(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Err(h2::Reason::CANCEL)),
+                Poll::Ready(Err(_)) => cancel_open = false,
+                Poll::Pending => {}
+            }
+        }
+        poll_pump(&mut body, &mut stream, cx)
+    })
+    .await;
+    if let Err(reason) = outcome {
+        stream.send_reset(reason);
+    }
+}
+
+/// One step of [`pump`]: `Ready(Ok)` when the body has been sent to its end, `Ready(Err)`
+/// with the reason to reset the stream, `Pending` while waiting for the body or for room.
+fn poll_pump(
+    body: &mut RequestBody,
+    stream: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), h2::Reason>> {
+    loop {
+        // Room for at least one byte before the next frame is read: h2 takes the whole
+        // frame and sends it as the window opens.
+        stream.reserve_capacity(1);
+        if stream.capacity() == 0 {
+            loop {
+                match ready!(stream.poll_capacity(cx)) {
+                    Some(Ok(0)) => {}
+                    Some(Ok(_)) => break,
+                    // The stream was reset or the connection lost: nothing more to send.
+                    Some(Err(_)) | None => return Poll::Ready(Ok(())),
+                }
+            }
+        } else if stream.poll_reset(cx).is_ready() {
+            // The upstream no longer wants the body (it answered early, or gave up).
+            return Poll::Ready(Ok(()));
+        }
+        let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(_)) => return Poll::Ready(Err(h2::Reason::CANCEL)),
+            None => {
+                stream.reserve_capacity(0);
+                return Poll::Ready(
+                    stream
+                        .send_data(Bytes::new(), true)
+                        .map_err(|_| h2::Reason::CANCEL),
+                );
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                if stream.send_data(data, end).is_err() {
+                    return Poll::Ready(Ok(()));
+                }
+                if end {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            Err(frame) => {
+                stream.reserve_capacity(0);
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = stream.send_trailers(trailers);
+                }
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// The response body of a stream on the shared connection, passed on frame by frame. Each
+/// frame's bytes are given back to the upstream's window as soon as they are passed on, so
+/// the window, not the gateway's memory, holds the upstream back when the client is slow.
+pub struct StreamBody {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
     }
 }
 
@@ -187,9 +371,16 @@ impl Shared {
             self.state().http1 = true;
             return Ok(Found::Http1);
         }
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(stream)
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_window_size(STREAM_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .enable_push(false)
+            .handshake::<_, Bytes>(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError {
                 kind: UpstreamFailure::Broken,
@@ -216,7 +407,7 @@ impl Shared {
         if state.http1 {
             return Some(Found::Http1);
         }
-        let sender = state.sender.as_ref().filter(|s| !s.is_closed())?.clone();
+        let sender = state.sender.as_ref()?.clone();
         state.last_used = Some(Instant::now());
         Some(Found::Http2 {
             sender,
@@ -225,8 +416,7 @@ impl Shared {
         })
     }
 
-    /// Stops handing out the connection of `generation`: it refused a request, so it is
-    /// closing.
+    /// Stops handing out the connection of `generation`: it refused a request or ended.
     fn retire(&self, generation: u64) {
         let mut state = self.state();
         if state.generation == generation {
@@ -260,12 +450,17 @@ async fn drive<F: Future>(connection: F, shared: Weak<Shared>, generation: u64) 
     let mut connection = std::pin::pin!(connection);
     loop {
         tokio::select! {
-            _ = &mut connection => return,
+            _ = &mut connection => break,
             () = tokio::time::sleep(IDLE_TIMEOUT) => {
                 if let Some(shared) = shared.upgrade() {
                     shared.retire_if_idle(generation);
                 }
             }
         }
+    }
+    // Closed (by the upstream, or after its last stream once let go): the next exchange
+    // opens a new one.
+    if let Some(shared) = shared.upgrade() {
+        shared.retire(generation);
     }
 }

@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::audit::Auditor;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody, UpstreamBody};
 use crate::clock;
 use crate::config::Config;
 use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format};
@@ -119,7 +119,7 @@ impl Snapshot {
         body: Incoming,
         request_id: &HeaderValue,
         record: &mut ExchangeRecord,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         // 0. Sizes the gateway accepts at all.
         let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if target_len > self.max_uri_bytes {
@@ -349,7 +349,7 @@ pub async fn handle(
 
 /// The destination's response, unchanged but for hop-by-hop fields and `X-Request-Id`.
 fn pass_back(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     request_id: HeaderValue,
     mut record: ExchangeRecord,
 ) -> Response<ResponseBody> {

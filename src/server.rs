@@ -766,7 +766,11 @@ impl Listener {
             // Each exchange runs on the configuration current when it starts.
             let snapshot = snapshot.load_full();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&snapshot, &info, request).await) }
+            // Boxed: the exchange's future is a few KiB, and hyper moves what the service
+            // returns several times before it first polls it (into its stream, then into a task).
+            Box::pin(
+                async move { Ok::<_, Infallible>(proxy::handle(&snapshot, &info, request).await) },
+            )
         });
         let connection = self
             .http

@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,7 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
 use crate::config::RouteConfig;
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
@@ -143,7 +142,7 @@ impl Upstream {
         &self,
         request: Request<RequestBody>,
         body_sent: oneshot::Receiver<()>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         let response_deadline = async {
             // An error means the body was dropped unfinished; the request fails on its own then,
             // but start the clock anyway so nothing waits forever.
@@ -163,21 +162,22 @@ impl Upstream {
     async fn dispatch(
         &self,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         let request = match &self.multiplexed {
             Some(multiplexed) => match multiplexed.send(request).await {
-                Sent::Done(result) => return result,
+                Sent::Done(result) => return result.map(|r| r.map(UpstreamBody::Multiplexed)),
                 Sent::Http1(request) => request,
             },
             None => request,
         };
-        self.client.request(request).await.map_err(|e| {
+        let response = self.client.request(request).await.map_err(|e| {
             let kind = classify(&e);
             GatewayError::Upstream {
                 kind,
                 source: e.into(),
             }
-        })
+        })?;
+        Ok(response.map(UpstreamBody::Pooled))
     }
 }
 

@@ -128,6 +128,46 @@ async fn exchange_over_its_cap_is_504_before_the_head_and_aborted_after() {
     assert!(destination.requests().len() >= 6);
 }
 
+/// An upload still arriving when the exchange's cap answers 504 is reset upstream at once,
+/// not passed on behind the client's back: the destination sees it broken off after the
+/// bytes sent before the 504, though the client goes on to send the rest.
+#[tokio::test]
+async fn an_upload_cut_off_by_the_cap_is_reset_upstream() {
+    let (pki, destination, gw) = gateway(r#"max_exchange_duration = "1s""#, "").await;
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    for proto in BOTH {
+        let before = destination.requests().len();
+        let mut conn = client.connect(PUBLIC_HOST, proto).await;
+        let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes, BoxError>::new(2);
+        tx.send_data(bytes::Bytes::from_static(b"{\"resourceType\":"))
+            .await
+            .unwrap();
+        let request = http::Request::post("/dest-b/upload")
+            .body(body.boxed())
+            .unwrap();
+        let response = conn.send(request).await.unwrap();
+        assert_eq!(response.status(), 504, "{proto:?}");
+        // The client finishes its body after all (it may find the stream gone).
+        let _ = tx
+            .send_data(bytes::Bytes::from_static(b"\"Patient\"}"))
+            .await;
+        drop(tx);
+        let received = bounded("the destination to see the upload end", async {
+            loop {
+                let requests = destination.requests();
+                if let Some(upload) = requests.get(before).filter(|r| r.ended) {
+                    return upload.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert_eq!(received.target, "/fhir/upload", "{proto:?}");
+        assert!(received.body.is_none(), "{proto:?}: {:?}", received.body);
+        assert_eq!(received.body_bytes, 16, "{proto:?}");
+    }
+}
+
 #[tokio::test]
 async fn route_at_its_concurrency_cap_answers_503_and_other_routes_are_unaffected() {
     let (pki, destination, gw) = gateway("", "max_concurrent_exchanges = 1").await;

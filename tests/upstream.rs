@@ -324,6 +324,39 @@ async fn a_closed_http2_upstream_connection_is_replaced() {
 }
 
 #[tokio::test]
+async fn an_exchange_refused_by_a_closing_upstream_connection_goes_on_a_new_one() {
+    // The destination says GOAWAY as soon as its first response head is out, but that
+    // response is a download still streaming: the connection stays open for it, and every
+    // new exchange it refuses must be sent again on a new connection.
+    use http_body_util::BodyExt;
+    let pki = Pki::new();
+    let destination =
+        Destination::start_closing_after_one(&pki.private_ca.issue(&["localhost"])).await;
+    let setup = Setup::in_front_of(pki, destination, "").await;
+    let download = setup
+        .client()
+        .get("/dest-a/download?bytes=67108864", Proto::Http1)
+        .await;
+    assert_eq!(download.status(), 200);
+    // More than the stream's 2 MiB window: the destination wrote these bytes after its
+    // GOAWAY, so the gateway has read the GOAWAY by the time they arrive.
+    let mut body = download.into_body();
+    let mut read = 0usize;
+    bounded("reading the first 4 MiB of the download", async {
+        while read < 4 << 20 {
+            let frame = body.frame().await.expect("more body").expect("a frame");
+            read += frame.data_ref().map_or(0, |d| d.len());
+        }
+    })
+    .await;
+    let response = setup.client().get("/dest-a/Patient/1", Proto::Http1).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(text_of(response).await, PATIENT);
+    assert_eq!(setup.destination.connection_count(), 2);
+    drop(body);
+}
+
+#[tokio::test]
 async fn upstream_http2_false_keeps_to_pooled_http1() {
     // The destination offers h2, but the route asks for HTTP/1.1 only.
     let setup = Setup::with_route_extra("upstream_http2 = false").await;

@@ -82,6 +82,10 @@ pub struct Received {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The request body once it has ended; `None` while it arrives or if it broke off.
     pub body: Option<BodySummary>,
+    /// The request body has ended, complete or broken off.
+    pub ended: bool,
+    /// Bytes of the request body received, complete or not.
+    pub body_bytes: u64,
     /// Trailer fields of the request body, in order.
     pub trailers: Vec<(String, Vec<u8>)>,
 }
@@ -314,6 +318,8 @@ async fn respond(
                 .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
                 .collect(),
             body: None,
+            ended: false,
+            body_bytes: 0,
             trailers: Vec::new(),
         });
         all.len() - 1
@@ -366,6 +372,8 @@ async fn respond(
     {
         let mut all = received.lock().unwrap();
         all[index].body = complete.then(|| summary.clone());
+        all[index].ended = true;
+        all[index].body_bytes = len;
         all[index].trailers = trailers;
     }
 
