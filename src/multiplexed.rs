@@ -166,8 +166,8 @@ async fn exchange(
     }
     let response = response.await.map_err(broken)?;
     // Once the response has come the body goes on by itself: the upstream may still want it.
-    if let Some(mut cancel) = cancel {
-        cancel.0 = None;
+    if let Some(cancel) = cancel {
+        cancel.disarm();
     }
     Ok(response.map(|recv| StreamBody {
         recv,
@@ -186,6 +186,12 @@ fn broken(error: h2::Error) -> GatewayError {
 /// before the response head has come (a deadline passed, the client left): hyper's server
 /// would go on reading the client's body, and the upstream would get it to its end.
 struct CancelPump(Option<oneshot::Sender<()>>);
+
+impl CancelPump {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for CancelPump {
     fn drop(&mut self) {
