@@ -152,7 +152,8 @@ impl Body for RequestBody {
 
 /// The destination's response body, whichever way it came.
 pub enum UpstreamBody {
-    /// From the pooled client: HTTP/1.1 upstreams, and every upstream of a route with `upstream_http2 = false`.
+    /// From the pooled client: HTTP/1.1 upstreams, and every upstream of a route with
+    /// `upstream_http2 = false`.
     Pooled(Incoming),
     /// From a stream of the route's shared HTTP/2 connection.
     Multiplexed(StreamBody),
