@@ -13,11 +13,14 @@
 //! The connection is opened by the route's [`Connector`] on the first exchange (one
 //! exchange connects while the others wait for it), replaced when it closes, and let go
 //! after [`IDLE_TIMEOUT`] without a new exchange; open streams finish first, as HTTP/2's
-//! graceful close lets them. When the upstream answers ALPN with HTTP/1.1 (or speaks
+//! graceful close lets them. When every open connection carries as many streams as the
+//! upstream allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`), one more is opened, so an
+//! exchange never waits in a queue behind long downloads. When the upstream answers ALPN with HTTP/1.1 (or speaks
 //! plain HTTP), the connection is handed to the pooled client, which serves the route from
 //! then on.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -52,7 +55,7 @@ const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// The route's HTTP/2 connection, opened when first needed.
+/// The route's HTTP/2 connections, opened when needed.
 pub struct Multiplexed {
     shared: Arc<Shared>,
 }
@@ -62,7 +65,8 @@ struct Shared {
     /// `scheme://authority` of the upstream, what the connector dials.
     target: Uri,
     state: Mutex<State>,
-    /// Held while a connection is being opened, so a burst of exchanges opens one.
+    /// Held while a connection is being opened, so a burst of exchanges opens only as
+    /// many as it needs.
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -70,10 +74,12 @@ type Sender = SendRequest<Bytes>;
 
 #[derive(Default)]
 struct State {
-    sender: Option<Sender>,
-    /// Tells the current connection from the ones before it.
-    generation: u64,
-    last_used: Option<Instant>,
+    /// Open connections, oldest first: an exchange goes on the first with a stream to
+    /// spare.
+    connections: Vec<Conn>,
+    /// Connections opened so far; numbers them, so that word about one never touches
+    /// another.
+    opened: u64,
     /// The upstream chose HTTP/1.1: exchanges go to the pooled client.
     http1: bool,
     /// Connection attempts that failed, and how the last one failed.
@@ -81,13 +87,48 @@ struct State {
     last_failure: Option<UpstreamFailure>,
 }
 
-/// What an exchange finds when it asks for the connection.
+/// One open connection.
+struct Conn {
+    sender: Sender,
+    id: u64,
+    last_used: Instant,
+    /// Streams the gateway has open on it, counted by [`StreamSlot`]s.
+    streams: Arc<AtomicUsize>,
+}
+
+impl Conn {
+    /// Whether the upstream allows one more stream on it now.
+    fn has_room(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) < self.sender.current_max_send_streams()
+    }
+}
+
+/// One stream counted open on its connection until dropped: with the response body once
+/// there is one, with the exchange otherwise.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(streams: &Arc<AtomicUsize>) -> StreamSlot {
+        streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(streams.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an exchange finds when it asks for a connection.
 enum Found {
-    /// The open HTTP/2 connection; `reused` when it was there before this exchange asked.
+    /// An HTTP/2 connection with a stream for this exchange; `reused` when it was open
+    /// before this exchange asked.
     Http2 {
         sender: Sender,
-        generation: u64,
+        id: u64,
         reused: bool,
+        slot: StreamSlot,
     },
     /// The upstream chose HTTP/1.1: the pooled client serves the route.
     Http1,
@@ -120,12 +161,13 @@ impl Multiplexed {
     pub async fn send(&self, request: Request<RequestBody>) -> Sent {
         let mut retried = false;
         loop {
-            let (sender, generation, reused) = match self.shared.sender().await {
+            let (sender, id, reused, slot) = match self.shared.sender().await {
                 Ok(Found::Http2 {
                     sender,
-                    generation,
+                    id,
                     reused,
-                }) => (sender, generation, reused),
+                    slot,
+                }) => (sender, id, reused, slot),
                 Ok(Found::Http1) => return Sent::Http1(request),
                 Err(error) => {
                     return Sent::Done(Err(GatewayError::Upstream {
@@ -137,9 +179,9 @@ impl Multiplexed {
             // Ready fails, with the request still unsent, once the connection has closed or
             // the upstream has said GOAWAY.
             match sender.ready().await {
-                Ok(sender) => return Sent::Done(exchange(sender, request).await),
+                Ok(sender) => return Sent::Done(exchange(sender, request, slot).await),
                 Err(_) if reused && !retried => {
-                    self.shared.retire(generation);
+                    self.shared.retire(id);
                     retried = true;
                 }
                 Err(error) => return Sent::Done(Err(broken(error))),
@@ -153,6 +195,7 @@ impl Multiplexed {
 async fn exchange(
     mut sender: Sender,
     request: Request<RequestBody>,
+    slot: StreamSlot,
 ) -> Result<Response<StreamBody>, GatewayError> {
     let (parts, body) = request.into_parts();
     let head = Request::from_parts(parts, ());
@@ -172,6 +215,7 @@ async fn exchange(
     Ok(response.map(|recv| StreamBody {
         recv,
         data_done: false,
+        _slot: slot,
     }))
 }
 
@@ -291,6 +335,7 @@ fn poll_pump(
 pub struct StreamBody {
     recv: RecvStream,
     data_done: bool,
+    _slot: StreamSlot,
 }
 
 impl Body for StreamBody {
@@ -325,7 +370,7 @@ impl Body for StreamBody {
 }
 
 impl Shared {
-    /// The open connection, or a new one if there is none.
+    /// A connection with a stream to spare, or a new one if there is none.
     async fn sender(self: &Arc<Self>) -> Result<Found, ConnectError> {
         match self.current() {
             Some(found) => Ok(found),
@@ -335,7 +380,8 @@ impl Shared {
         }
     }
 
-    /// Opens a connection, unless another exchange did while this one waited its turn.
+    /// Opens a connection, unless another exchange did while this one waited its turn (or
+    /// a stream came free).
     /// Exchanges that waited for an attempt that failed fail with it: trying again one
     /// after another would keep the last of a burst waiting for a `connect_timeout` per
     /// exchange ahead of it.
@@ -392,18 +438,26 @@ impl Shared {
                 kind: UpstreamFailure::Broken,
                 source: e.into(),
             })?;
-        let generation = {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let slot = StreamSlot::take(&streams);
+        let id = {
             let mut state = self.state();
-            state.generation += 1;
-            state.sender = Some(sender.clone());
-            state.last_used = Some(Instant::now());
-            state.generation
+            state.opened += 1;
+            let id = state.opened;
+            state.connections.push(Conn {
+                sender: sender.clone(),
+                id,
+                last_used: Instant::now(),
+                streams,
+            });
+            id
         };
-        tokio::spawn(drive(connection, Arc::downgrade(self), generation));
+        tokio::spawn(drive(connection, Arc::downgrade(self), id));
         Ok(Found::Http2 {
             sender,
-            generation,
+            id,
             reused: false,
+            slot,
         })
     }
 
@@ -413,34 +467,27 @@ impl Shared {
         if state.http1 {
             return Some(Found::Http1);
         }
-        let sender = state.sender.as_ref()?.clone();
-        state.last_used = Some(Instant::now());
+        let conn = state.connections.iter_mut().find(|c| c.has_room())?;
+        conn.last_used = Instant::now();
         Some(Found::Http2 {
-            sender,
-            generation: state.generation,
+            sender: conn.sender.clone(),
+            id: conn.id,
             reused: true,
+            slot: StreamSlot::take(&conn.streams),
         })
     }
 
-    /// Stops handing out the connection of `generation`: it refused a request or ended.
-    fn retire(&self, generation: u64) {
-        let mut state = self.state();
-        if state.generation == generation {
-            state.sender = None;
-        }
+    /// Stops handing out connection `id`: it refused a request or ended.
+    fn retire(&self, id: u64) {
+        self.state().connections.retain(|c| c.id != id);
     }
 
-    /// Lets the connection of `generation` go if no exchange started on it for
-    /// [`IDLE_TIMEOUT`]. Dropping the last sender closes it gracefully.
-    fn retire_if_idle(&self, generation: u64) {
-        let mut state = self.state();
-        if state.generation == generation
-            && state
-                .last_used
-                .is_some_and(|used| used.elapsed() >= IDLE_TIMEOUT)
-        {
-            state.sender = None;
-        }
+    /// Lets connection `id` go if no exchange started on it for [`IDLE_TIMEOUT`].
+    /// Dropping the last sender closes it gracefully.
+    fn retire_if_idle(&self, id: u64) {
+        self.state()
+            .connections
+            .retain(|c| c.id != id || c.last_used.elapsed() < IDLE_TIMEOUT);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -452,14 +499,14 @@ impl Shared {
 }
 
 /// Drives one connection until it closes, letting it go once it has been idle too long.
-async fn drive<F: Future>(connection: F, shared: Weak<Shared>, generation: u64) {
+async fn drive<F: Future>(connection: F, shared: Weak<Shared>, id: u64) {
     let mut connection = std::pin::pin!(connection);
     loop {
         tokio::select! {
             _ = &mut connection => break,
             () = tokio::time::sleep(IDLE_TIMEOUT) => {
                 if let Some(shared) = shared.upgrade() {
-                    shared.retire_if_idle(generation);
+                    shared.retire_if_idle(id);
                 }
             }
         }
@@ -467,6 +514,6 @@ async fn drive<F: Future>(connection: F, shared: Weak<Shared>, generation: u64) 
     // Closed (by the upstream, or after its last stream once let go): the next exchange
     // opens a new one.
     if let Some(shared) = shared.upgrade() {
-        shared.retire(generation);
+        shared.retire(id);
     }
 }

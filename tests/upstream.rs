@@ -357,6 +357,36 @@ async fn an_exchange_refused_by_a_closing_upstream_connection_goes_on_a_new_one(
 }
 
 #[tokio::test]
+async fn a_route_opens_another_http2_connection_when_the_upstream_allows_no_more_streams() {
+    // The destination allows two streams per connection. Three downloads held open at once
+    // (their bodies unread, so their streams stay open) need a second connection: the third
+    // must not wait in a queue for one of the first two to finish.
+    use http_body_util::BodyExt;
+    let pki = Pki::new();
+    let destination =
+        Destination::start_with_max_streams(&pki.private_ca.issue(&["localhost"]), 2).await;
+    let setup = Setup::in_front_of(pki, destination, "").await;
+    // One exchange first, so the gateway has the destination's SETTINGS.
+    let response = setup.client().get("/dest-a/Patient/1", Proto::Http1).await;
+    assert_eq!(text_of(response).await, PATIENT);
+    let mut downloads = Vec::new();
+    for _ in 0..3 {
+        let response = setup
+            .client()
+            .get("/dest-a/download?bytes=67108864", Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200);
+        downloads.push(response.into_body());
+    }
+    assert_eq!(setup.destination.connection_count(), 2);
+    // Each of them streams.
+    for body in &mut downloads {
+        let frame = bounded("a frame of each download", body.frame()).await;
+        assert!(frame.expect("more body").expect("a frame").is_data());
+    }
+}
+
+#[tokio::test]
 async fn upstream_http2_false_keeps_to_pooled_http1() {
     // The destination offers h2, but the route asks for HTTP/1.1 only.
     let setup = Setup::with_route_extra("upstream_http2 = false").await;

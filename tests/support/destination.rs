@@ -156,14 +156,24 @@ impl Destination {
 
     /// Serves TLS with `leaf` on a given port of 127.0.0.1 (e.g. one a route already names).
     pub async fn start_on(leaf: &Leaf, port: u16) -> Destination {
-        Self::start_at(Some(server_config(leaf)), port).await
+        Self::start_at(Some(server_config(leaf)), port, None).await
+    }
+
+    /// Serves TLS with `leaf`, HTTP/2 and HTTP/1.1 by ALPN, allowing at most `streams`
+    /// concurrent HTTP/2 streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub async fn start_with_max_streams(leaf: &Leaf, streams: u32) -> Destination {
+        Self::start_at(Some(server_config(leaf)), 0, Some(streams)).await
     }
 
     async fn start_with(tls: Option<rustls::ServerConfig>) -> Destination {
-        Self::start_at(tls, 0).await
+        Self::start_at(tls, 0, None).await
     }
 
-    async fn start_at(tls: Option<rustls::ServerConfig>, port: u16) -> Destination {
+    async fn start_at(
+        tls: Option<rustls::ServerConfig>,
+        port: u16,
+        max_streams: Option<u32>,
+    ) -> Destination {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -180,8 +190,11 @@ impl Destination {
                 conns.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| respond(req, rec.clone()));
-                    let builder =
+                    let mut builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Some(streams) = max_streams {
+                        builder.http2().max_concurrent_streams(streams);
+                    }
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
