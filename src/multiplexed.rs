@@ -1,4 +1,4 @@
-//! A route's one HTTP/2 connection to its upstream, shared by all its exchanges.
+//! A route's HTTP/2 connection to its upstream, shared by all its exchanges.
 //!
 //! hyper-util's pooled client could carry these exchanges too, but on every exchange it
 //! hashes the pool key, checks a connection out of the pool and puts it back. hyper's own
@@ -15,10 +15,9 @@
 //! after [`IDLE_TIMEOUT`] without a new exchange; open streams finish first, as HTTP/2's
 //! graceful close lets them. When every open connection carries as many streams as the
 //! upstream allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`), one more is opened, so an
-//! exchange never waits in a queue behind long downloads. When the upstream answers ALPN with HTTP/1.1 (or speaks
-//! plain HTTP), the connection is handed to the pooled client, which serves the route from
-//! then on.
-
+//! exchange never waits in a queue behind long downloads. When the upstream answers ALPN
+//! with HTTP/1.1 (or speaks plain HTTP), the connection is handed to the pooled client,
+//! which serves the route from then on.
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
