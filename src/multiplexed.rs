@@ -18,6 +18,7 @@
 //! exchange never waits in a queue behind long downloads. When the upstream answers ALPN
 //! with HTTP/1.1 (or speaks plain HTTP), the connection is handed to the pooled client,
 //! which serves the route from then on.
+
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
