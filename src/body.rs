@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
@@ -150,45 +151,10 @@ impl Body for RequestBody {
     }
 }
 
-/// The destination's response body, whichever way it came.
-pub enum UpstreamBody {
-    /// From the pooled client: HTTP/1.1 upstreams, and every upstream of a route with
-    /// `upstream_http2 = false`.
-    Pooled(Incoming),
-    /// From a stream of the route's shared HTTP/2 connection.
-    Multiplexed(StreamBody),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Pooled(inner) => Pin::new(inner)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
-            UpstreamBody::Multiplexed(inner) => Pin::new(inner).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Pooled(inner) => inner.is_end_stream(),
-            UpstreamBody::Multiplexed(inner) => inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Pooled(inner) => inner.size_hint(),
-            UpstreamBody::Multiplexed(inner) => inner.size_hint(),
-        }
-    }
-}
+/// The destination's response body, whichever way it came: `Left` from the pooled client
+/// (HTTP/1.1 upstreams, and every upstream of a route with `upstream_http2 = false`),
+/// `Right` from a stream of the route's shared HTTP/2 connection.
+pub type UpstreamBody = Either<Incoming, StreamBody>;
 
 /// What the client receives.
 pub struct ResponseBody {

@@ -88,14 +88,6 @@ pub fn accepts_trailers(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Appends an RFC 7239 element `for=<client>;proto=https;host=<host>` as a new `Forwarded`
-/// line, after any the client sent (RFC 7239 §4: each proxy appends its own element).
-pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
-    if let Some(value) = forwarded_element(client, host) {
-        headers.append(FORWARDED, value);
-    }
-}
-
 /// The RFC 7239 element `for=<client>;proto=https;host=<host>` this gateway adds.
 ///
 /// An IPv4-mapped IPv6 peer (a dual-stack listener) is written as the IPv4 address it is.
@@ -103,7 +95,7 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
 /// quoted-string whenever it is not a plain token, so a `;`, `,` or `=` in it cannot add
 /// parameters or elements. A host that not even a quoted-string can carry (control
 /// characters) is left out rather than sent damaged.
-pub fn forwarded_element(client: IpAddr, host: &str) -> Option<HeaderValue> {
+fn forwarded_element(client: IpAddr, host: &str) -> Option<HeaderValue> {
     let mut value = String::with_capacity(64 + host.len());
     match client.to_canonical() {
         IpAddr::V4(ip) => {
@@ -131,8 +123,9 @@ pub fn forwarded_element(client: IpAddr, host: &str) -> Option<HeaderValue> {
 pub struct ForwardedMemo(OnceLock<(Box<str>, HeaderValue)>);
 
 impl ForwardedMemo {
-    /// Appends the element for `client` and `host`, as [`append_forwarded`] does.
-    /// `client` must be the same on every call: it is the connection's peer.
+    /// Appends the element for `client` and `host` ([`forwarded_element`]) as a new
+    /// `Forwarded` line, after any the client sent (RFC 7239 §4: each proxy appends its
+    /// own element). `client` must be the same on every call: it is the connection's peer.
     pub fn append(&self, headers: &mut HeaderMap, client: IpAddr, host: &str) {
         let value = match self.0.get() {
             Some((known, value)) if **known == *host => Some(value.clone()),
@@ -359,13 +352,21 @@ mod tests {
     fn forwarded_for_ipv4_and_ipv6_appended_after_the_clients() {
         let mut h = HeaderMap::new();
         h.append(FORWARDED, HeaderValue::from_static("for=192.0.2.1"));
-        append_forwarded(
+        ForwardedMemo::default().append(
             &mut h,
             IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
             "fhir.example.org:8443",
         );
-        append_forwarded(&mut h, IpAddr::V6(Ipv6Addr::LOCALHOST), "fhir.example.org");
-        append_forwarded(&mut h, "2001:db8::17".parse().unwrap(), "[2001:db8::1]:443");
+        ForwardedMemo::default().append(
+            &mut h,
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            "fhir.example.org",
+        );
+        ForwardedMemo::default().append(
+            &mut h,
+            "2001:db8::17".parse().unwrap(),
+            "[2001:db8::1]:443",
+        );
         assert_eq!(
             lines(&h, "forwarded"),
             [
@@ -380,7 +381,7 @@ mod tests {
     #[test]
     fn forwarded_for_an_ipv4_mapped_peer_is_ipv4() {
         let mut h = HeaderMap::new();
-        append_forwarded(&mut h, "::ffff:198.51.100.7".parse().unwrap(), "h");
+        ForwardedMemo::default().append(&mut h, "::ffff:198.51.100.7".parse().unwrap(), "h");
         assert_eq!(h[FORWARDED], "for=198.51.100.7;proto=https;host=h");
     }
 
@@ -402,7 +403,7 @@ mod tests {
         ];
         for (host, expected) in cases {
             let mut h = HeaderMap::new();
-            append_forwarded(&mut h, IpAddr::V4(Ipv4Addr::LOCALHOST), host);
+            ForwardedMemo::default().append(&mut h, IpAddr::V4(Ipv4Addr::LOCALHOST), host);
             assert_eq!(h[FORWARDED], expected, "{host:?}");
         }
     }
@@ -445,7 +446,7 @@ mod tests {
         for host in ["fhir.example.org", "fhir.example.org", "other.example.org"] {
             memo.append(&mut h, client, host);
         }
-        // A host no quoted-string can carry is left out, as append_forwarded does.
+        // A host no quoted-string can carry is left out.
         memo.append(&mut h, client, "bad\x01host");
         memo.append(&mut h, client, "fhir.example.org");
         assert_eq!(

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
+use http_body_util::Either;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -165,7 +166,7 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let request = match &self.multiplexed {
             Some(multiplexed) => match multiplexed.send(request).await {
-                Sent::Done(result) => return result.map(|r| r.map(UpstreamBody::Multiplexed)),
+                Sent::Done(result) => return result.map(|r| r.map(Either::Right)),
                 Sent::Http1(request) => request,
             },
             None => request,
@@ -177,7 +178,7 @@ impl Upstream {
                 source: e.into(),
             }
         })?;
-        Ok(response.map(UpstreamBody::Pooled))
+        Ok(response.map(Either::Left))
     }
 }
 

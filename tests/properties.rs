@@ -16,7 +16,7 @@ use fhirgate::config::{
     AuditSink, Config, FsyncPolicy, Limits, OnAuditFailure, RouteConfig, TlsVersion, parse_duration,
 };
 use fhirgate::headers::{
-    X_REQUEST_ID, append_forwarded, append_via, is_sane_request_id, remove_hop_by_hop, request_id,
+    ForwardedMemo, X_REQUEST_ID, append_via, is_sane_request_id, remove_hop_by_hop, request_id,
 };
 use fhirgate::route::{RouteTable, has_dot_segment, host_without_port, upstream_path_and_query};
 use http::header::{FORWARDED, HeaderName, HeaderValue, VIA};
@@ -660,7 +660,7 @@ proptest! {
         let mut h = header_map(&lines);
         remove_hop_by_hop(&mut h);
         let before = h.clone();
-        append_forwarded(&mut h, client, "fhir.example.org");
+        ForwardedMemo::default().append(&mut h, client, "fhir.example.org");
         append_via(&mut h, version);
         for (name, appended) in [(FORWARDED, 1), (VIA, 1)] {
             let old = values_in(&before, &name);
@@ -694,7 +694,7 @@ proptest! {
         ],
     ) {
         let mut h = HeaderMap::new();
-        append_forwarded(&mut h, client, &host);
+        ForwardedMemo::default().append(&mut h, client, &host);
         let lines = values_in(&h, &FORWARDED);
         prop_assert_eq!(lines.len(), 1);
         let pairs = parse_forwarded_element(lines[0]);

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use fhirgate::headers::{
-    append_forwarded, append_via, is_sane_request_id, remove_hop_by_hop, request_id,
+    ForwardedMemo, append_via, is_sane_request_id, remove_hop_by_hop, request_id,
 };
 use fhirgate_fuzz::{header_lines, header_map, model_is_hop_by_hop, parse_forwarded_element};
 use http::Version;
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let before = h.get_all(FORWARDED).iter().count();
-    append_forwarded(&mut h, IpAddr::V4(Ipv4Addr::LOCALHOST), host);
+    ForwardedMemo::default().append(&mut h, IpAddr::V4(Ipv4Addr::LOCALHOST), host);
     append_via(&mut h, Version::HTTP_11);
     let forwarded: Vec<_> = h.get_all(FORWARDED).iter().collect();
     assert_eq!(forwarded.len(), before + 1);
