@@ -2,7 +2,7 @@
 # End-to-end benchmark: fhirgate side by side with nginx and HAProxy as TLS-terminating,
 # re-encrypting reverse proxies, and with no proxy at all ("direct").
 #
-#   bash benches/e2e.sh            # full run: every scenario, median of 3 interleaved rounds
+#   bash benches/e2e.sh            # full run: every scenario, medians of 5 interleaved rounds
 #   bash benches/e2e.sh --quick    # smoke run: one repetition, smaller loads
 #   bash benches/e2e.sh --instructions   # fhirgate's instructions per small exchange
 #                                        # (callgrind: repeatable where CPU time is noisy)
@@ -18,6 +18,7 @@
 # generator (h2load; curl and sha256sum for the streams) share CPU 0. Proxy CPU is
 # utime+stime from /proc/PID/stat over the run; peak memory is VmHWM. Every run checks its
 # answers (h2load status counts, SHA-256 of the stream) so a fast wrong answer never counts.
+# The small loads run twice: as fast as each target goes, and at a fixed offered rate.
 #
 # Installs nginx, haproxy and nghttp2-client (h2load) from Debian's packages when missing,
 # and valgrind for --instructions.
@@ -31,8 +32,8 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bash benches/e2e.sh [--quick | --instructions]" >&2; exit 2 ;;
 esac
-if [ $QUICK = 1 ]; then REPS=1; SMALL_N=4000; BIG_N=100; TLS_N=300; STREAM_MB=64
-else REPS=3; SMALL_N=30000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
+if [ $QUICK = 1 ]; then REPS=1; SMALL_N=4000; RATE_N=8000; BIG_N=100; TLS_N=300; STREAM_MB=64
+else REPS=5; SMALL_N=30000; RATE_N=40000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need haproxy || ! need h2load || { [ $INSTRUCTIONS = 1 ] && ! need valgrind; }; then
@@ -256,8 +257,10 @@ print(f'{mb/dt:.0f} {\"yes\" if ok else \"NO\"} {($after-$before)/gib:.2f} $hwm'
 }
 
 # After an untimed warm-up, REPS rounds of every target once, so a slow spell on a shared
-# machine hits all targets alike rather than all repetitions of one. Prints "target<TAB>row" per target, the row
-# being the repetition with the median first column.
+# machine hits all targets alike rather than all repetitions of one. Prints "target<TAB>row"
+# per target: each number is the median of its column over the rounds (one round's p99 or
+# CPU can be an outlier while its req/s is not), except errors and peak RSS, the worst
+# round's; "NO" in any round's correctness column makes the row's "NO".
 interleaved() {  # runner, arguments after the target
   local runner=$1; shift
   local -A rows=()
@@ -267,9 +270,27 @@ interleaved() {  # runner, arguments after the target
     for t in $ALL; do rows[$t]+="$("$runner" "$t" "$@")"$'\n'; done
   done
   for t in $ALL; do
-    printf '%s\t%s\n' "$t" "$(printf '%s' "${rows[$t]}" | sort -n -k1 | sed -n "$(( (REPS + 1) / 2 ))p")"
+    printf '%s\t%s\n' "$t" "$(printf '%s' "${rows[$t]}" | python3 -c "$MEDIANS" "$runner")"
   done
 }
+# Columns of run_h2load: req/s p50 p99 errors cpu hwm; of the streams: MiB/s ok cpu hwm.
+MEDIANS='
+import sys
+rounds = [line.split() for line in sys.stdin if line.strip()]
+worst = {3, 5} if sys.argv[1] == "run_h2load" else {3}
+def number(x):
+    try:
+        return float(x)
+    except ValueError:
+        return None
+out = []
+for i, column in enumerate(zip(*rounds)):
+    if number(column[0]) is None:
+        out.append("NO" if "NO" in column else column[0])
+    else:
+        ordered = sorted(column, key=number)
+        out.append(ordered[-1] if i in worst else ordered[(len(ordered) - 1) // 2])
+print(" ".join(out))'
 
 ALL="start_direct start_fhirgate start_nginx start_haproxy start_fhirgate_h2"
 name() { case $1 in start_direct) echo direct;; start_fhirgate) echo fhirgate;; start_fhirgate_h2) echo "fhirgate, HTTP/2 upstream";; start_nginx) echo "nginx $(nginx -v 2>&1 | sed 's/.*\///')";; start_haproxy) echo "HAProxy $(haproxy -v | head -1 | awk '{print $3}')";; esac; }
@@ -335,6 +356,11 @@ scenario() {  # title, h2load args
 
 scenario "GET 2 KB Patient, HTTP/1.1, 50 keep-alive connections" "--h1 -c 50 -n $SMALL_N https://localhost:PORT/fhir/Patient/example"
 scenario "GET 2 KB Patient, HTTP/2, 10 connections × 5 streams" "-c 10 -m 5 -n $SMALL_N https://localhost:PORT/fhir/Patient/example"
+# The same loads at a fixed 8,000 req/s (h2load --rps), below every target's capacity: the
+# rows above drive each proxy to its own maximum, where a faster proxy also loads the shared
+# CPU 0 harder; here every proxy sees the same load, so p99 and CPU compare like for like.
+scenario "GET 2 KB Patient, HTTP/1.1, 50 keep-alive connections, 8,000 req/s offered" "--h1 -c 50 --rps 160 -n $RATE_N https://localhost:PORT/fhir/Patient/example"
+scenario "GET 2 KB Patient, HTTP/2, 10 connections × 5 streams, 8,000 req/s offered" "-c 10 -m 5 --rps 800 -n $RATE_N https://localhost:PORT/fhir/Patient/example"
 scenario "GET 1 MB Bundle, HTTP/1.1, 10 connections" "--h1 -c 10 -n $BIG_N https://localhost:PORT/fhir/bundle"
 scenario "GET 1 MB Bundle, HTTP/2, 4 connections × 4 streams" "-c 4 -m 4 -n $BIG_N https://localhost:PORT/fhir/bundle"
 scenario "New TLS 1.3 connection per request (ECDSA P-256), HTTP/1.1" "--h1 -c $TLS_N -n $TLS_N https://localhost:PORT/fhir/Patient/example"
