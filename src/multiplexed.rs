@@ -15,7 +15,8 @@
 //! after [`IDLE_TIMEOUT`] without a new exchange; open streams finish first, as HTTP/2's
 //! graceful close lets them. When every open connection carries as many streams as the
 //! upstream allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`), one more is opened, so an
-//! exchange never waits in a queue behind long downloads. When the upstream answers ALPN
+//! exchange does not wait in a queue behind long downloads; past [`MAX_CONNECTIONS`],
+//! exchanges wait for a stream to come free on any of them. When the upstream answers ALPN
 //! with HTTP/1.1 (or speaks plain HTTP), the connection is handed to the pooled client,
 //! which serves the route from then on.
 
@@ -32,13 +33,19 @@ use http::{Request, Response, Uri};
 use http_body::{Body, Frame};
 use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::RequestBody;
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::upstream::{ConnectError, Connector};
+
+/// At most this many HTTP/2 connections per route. Once every one carries as many streams
+/// as the upstream allows, further exchanges wait until a stream comes free on any of them,
+/// so an upstream that allows few streams (or none) is not met with a connection per
+/// exchange.
+pub const MAX_CONNECTIONS: usize = 32;
 
 /// How long the connection is kept without a new exchange (as hyper-util's pool keeps an
 /// idle connection).
@@ -68,6 +75,9 @@ struct Shared {
     /// Held while a connection is being opened, so a burst of exchanges opens only as
     /// many as it needs.
     connecting: tokio::sync::Mutex<()>,
+    /// Told when a stream comes free or a connection goes, for exchanges waiting while
+    /// [`MAX_CONNECTIONS`] connections are full.
+    freed: Arc<Notify>,
 }
 
 type Sender = SendRequest<Bytes>;
@@ -93,31 +103,49 @@ struct Conn {
     id: u64,
     last_used: Instant,
     /// Streams the gateway has open on it, counted by [`StreamSlot`]s.
-    streams: Arc<AtomicUsize>,
+    streams: Arc<Streams>,
+}
+
+/// The streams open on one connection.
+struct Streams {
+    open: AtomicUsize,
+    /// The route's [`Shared::freed`].
+    freed: Arc<Notify>,
 }
 
 impl Conn {
     /// Whether the upstream allows one more stream on it now.
     fn has_room(&self) -> bool {
-        self.streams.load(Ordering::Relaxed) < self.sender.current_max_send_streams()
+        self.streams.open.load(Ordering::Relaxed) < self.sender.current_max_send_streams()
     }
 }
 
 /// One stream counted open on its connection until dropped: with the response body once
 /// there is one, with the exchange otherwise.
-pub struct StreamSlot(Arc<AtomicUsize>);
+pub struct StreamSlot(Arc<Streams>);
 
 impl StreamSlot {
-    fn take(streams: &Arc<AtomicUsize>) -> StreamSlot {
-        streams.fetch_add(1, Ordering::Relaxed);
+    fn take(streams: &Arc<Streams>) -> StreamSlot {
+        streams.open.fetch_add(1, Ordering::Relaxed);
         StreamSlot(streams.clone())
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.freed.notify_one();
     }
+}
+
+/// What an exchange sees when it looks at the route's connections.
+enum Current {
+    Found(Found),
+    /// A connection must be opened.
+    Missing,
+    /// Every connection carries as many streams as the upstream allows, and
+    /// [`MAX_CONNECTIONS`] are open.
+    Full,
 }
 
 /// What an exchange finds when it asks for a connection.
@@ -151,6 +179,7 @@ impl Multiplexed {
                 target,
                 state: Mutex::default(),
                 connecting: tokio::sync::Mutex::new(()),
+                freed: Arc::new(Notify::new()),
             }),
         }
     }
@@ -373,24 +402,47 @@ impl Shared {
     /// A connection with a stream to spare, or a new one if there is none.
     async fn sender(self: &Arc<Self>) -> Result<Found, ConnectError> {
         match self.current() {
-            Some(found) => Ok(found),
+            Current::Found(found) => Ok(found),
             // Boxed: connecting holds large futures (TLS handshake, HTTP/2 preface) that
             // would otherwise enlarge, and be copied with, every exchange's future.
-            None => Box::pin(self.connect()).await,
+            Current::Missing | Current::Full => Box::pin(self.connect_or_wait()).await,
+        }
+    }
+
+    /// Opens a connection when one is missing; waits for a stream when every connection
+    /// is full and no more may be opened.
+    async fn connect_or_wait(self: &Arc<Self>) -> Result<Found, ConnectError> {
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            // Registered before looking, so a stream freed in between is not missed.
+            freed.as_mut().enable();
+            match self.current() {
+                Current::Found(found) => return Ok(found),
+                Current::Missing => {
+                    if let Some(found) = self.connect().await? {
+                        return Ok(found);
+                    }
+                }
+                Current::Full => freed.await,
+            }
         }
     }
 
     /// Opens a connection, unless another exchange did while this one waited its turn (or
-    /// a stream came free).
+    /// a stream came free); `None` when the last allowed one was opened meanwhile and is
+    /// full.
     /// Exchanges that waited for an attempt that failed fail with it: trying again one
     /// after another would keep the last of a burst waiting for a `connect_timeout` per
     /// exchange ahead of it.
-    async fn connect(self: &Arc<Self>) -> Result<Found, ConnectError> {
+    async fn connect(self: &Arc<Self>) -> Result<Option<Found>, ConnectError> {
         let failures_before = self.state().failures;
         let _connecting = self.connecting.lock().await;
         // Another exchange may have opened one while this one waited.
-        if let Some(found) = self.current() {
-            return Ok(found);
+        match self.current() {
+            Current::Found(found) => return Ok(Some(found)),
+            Current::Full => return Ok(None),
+            Current::Missing => {}
         }
         if let Some(kind) = self.failed_since(failures_before) {
             return Err(ConnectError {
@@ -404,7 +456,7 @@ impl Shared {
             state.failures += 1;
             state.last_failure = Some(error.kind);
         }
-        result
+        result.map(Some)
     }
 
     /// How the last attempt failed, if one failed after `failures_before` were counted.
@@ -438,7 +490,10 @@ impl Shared {
                 kind: UpstreamFailure::Broken,
                 source: e.into(),
             })?;
-        let streams = Arc::new(AtomicUsize::new(0));
+        let streams = Arc::new(Streams {
+            open: AtomicUsize::new(0),
+            freed: self.freed.clone(),
+        });
         let slot = StreamSlot::take(&streams);
         let id = {
             let mut state = self.state();
@@ -461,15 +516,22 @@ impl Shared {
         })
     }
 
-    /// What serves the route now; `None` when a connection must be opened.
-    fn current(&self) -> Option<Found> {
+    /// What serves the route now.
+    fn current(&self) -> Current {
         let mut state = self.state();
         if state.http1 {
-            return Some(Found::Http1);
+            return Current::Found(Found::Http1);
         }
-        let conn = state.connections.iter_mut().find(|c| c.has_room())?;
+        let full = state.connections.len() >= MAX_CONNECTIONS;
+        let Some(conn) = state.connections.iter_mut().find(|c| c.has_room()) else {
+            return if full {
+                Current::Full
+            } else {
+                Current::Missing
+            };
+        };
         conn.last_used = Instant::now();
-        Some(Found::Http2 {
+        Current::Found(Found::Http2 {
             sender: conn.sender.clone(),
             id: conn.id,
             reused: true,
@@ -480,6 +542,8 @@ impl Shared {
     /// Stops handing out connection `id`: it refused a request or ended.
     fn retire(&self, id: u64) {
         self.state().connections.retain(|c| c.id != id);
+        // Exchanges waiting while every connection was full may open one in its place.
+        self.freed.notify_waiters();
     }
 
     /// Lets connection `id` go if no exchange started on it for [`IDLE_TIMEOUT`].

@@ -430,3 +430,45 @@ async fn a_failed_upstream_does_not_poison_the_route() {
     assert_eq!(response.status(), 200);
     assert_eq!(destination.last().target, "/fhir/Patient/1");
 }
+
+#[tokio::test]
+async fn a_route_opens_no_more_than_max_connections_http2_connections_and_queues_beyond() {
+    // The destination allows one stream per connection. With every allowed connection
+    // carrying a download held open, one more exchange waits for a stream instead of
+    // opening yet another connection, and passes once a download ends.
+    use fhirgate::multiplexed::MAX_CONNECTIONS;
+    let pki = Pki::new();
+    let destination =
+        Destination::start_with_max_streams(&pki.private_ca.issue(&["localhost"]), 1).await;
+    let setup = Setup::in_front_of(pki, destination, "").await;
+    let response = setup.client().get("/dest-a/Patient/1", Proto::Http1).await;
+    assert_eq!(text_of(response).await, PATIENT);
+    let mut downloads = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let response = setup
+            .client()
+            .get("/dest-a/download?bytes=67108864", Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200);
+        downloads.push(response.into_body());
+    }
+    assert_eq!(setup.destination.connection_count(), MAX_CONNECTIONS);
+    let client = setup.client();
+    let waiting = tokio::spawn(async move {
+        let response = client.get("/dest-a/Patient/2", Proto::Http1).await;
+        (response.status(), text_of(response).await)
+    });
+    // Nothing tells from outside when the exchange is waiting inside the gateway; without
+    // the cap it would open one more connection within milliseconds, so watch for a second.
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(setup.destination.connection_count(), MAX_CONNECTIONS);
+    }
+    assert!(!waiting.is_finished(), "the exchange waits for a stream");
+    // The client leaves one download: its stream is reset and comes free.
+    drop(downloads.pop());
+    let (status, text) = bounded("the queued exchange", waiting).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(text, PATIENT);
+    assert_eq!(setup.destination.connection_count(), MAX_CONNECTIONS);
+}
