@@ -472,3 +472,32 @@ async fn a_route_opens_no_more_than_max_connections_http2_connections_and_queues
     assert_eq!(text, PATIENT);
     assert_eq!(setup.destination.connection_count(), MAX_CONNECTIONS);
 }
+
+#[tokio::test]
+async fn an_upload_the_upstream_answers_early_is_let_go_at_once() {
+    // The destination answers 413 before reading the body; once its answer has ended (a
+    // moment after the head), it resets the rest of the upload. The gateway lets the
+    // client's body go then rather than at the client's next frame, which never comes:
+    // hyper closes the client's HTTP/1.1 connection, whose request body is left unread,
+    // well before body_idle_timeout (30 s) would.
+    let setup = Setup::new().await;
+    let mut conn = setup.client().connect(PUBLIC_HOST, Proto::Http1).await;
+    let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes, BoxError>::new(2);
+    tx.send_data(bytes::Bytes::from_static(b"{\"resourceType\":"))
+        .await
+        .unwrap();
+    let request = http::Request::post("/dest-a/early?ms=300")
+        .body(http_body_util::BodyExt::boxed(body))
+        .unwrap();
+    let response = conn.send(request).await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(text_of(response).await, "refused before the body");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !conn.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the client's connection is still held open");
+    drop(tx);
+}

@@ -14,6 +14,7 @@
 //! | `/trailers` | `hello world` and a trailer field `x-checksum: abc123` |
 //! | `/break[?length=N]` | 256 KiB of body (announcing N bytes if asked), then the stream is aborted |
 //! | `/slow?ms=N` | waits N ms before the response head |
+//! | `/early[?ms=N]` | 413 at once, before reading any of the request body; its body after N ms |
 //! | `/token` | an OAuth token JSON body with `Cache-Control: no-store` |
 //! | `/empty` | 204 |
 //! | `/hop-by-hop` | 200 with hop-by-hop response fields (only meaningful over HTTP/1.1) |
@@ -351,6 +352,22 @@ async fn respond(
         .collect();
     let path = req.uri().path().to_owned();
     let head = req.method() == http::Method::HEAD;
+    if path.ends_with("/early") {
+        // Refused by its headers, before any of the body is read; the response body comes
+        // after `ms`. Once it has, hyper resets the rest of an HTTP/2 upload (or closes an
+        // HTTP/1.1 connection).
+        let wait = Duration::from_millis(query_param(&target, "ms").unwrap_or(0));
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = tx
+                .send_data(Bytes::from_static(b"refused before the body"))
+                .await;
+        });
+        let mut response = Response::new(body.boxed());
+        *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        return Ok(response);
+    }
 
     // The body, hashed as it arrives.
     let mut hasher = Sha256::new();
