@@ -159,6 +159,8 @@ pub struct RouteConfig {
     /// connections, which costs less CPU against a destination that sends small HTTP/2
     /// frames (nginx: 8 KiB) when bodies are large.
     pub upstream_http2: bool,
+    /// How long an upstream connection is kept open with no new exchange on it.
+    pub upstream_idle_timeout: Duration,
     /// Exchanges in flight to this upstream at once; more are refused with 503 so one slow
     /// destination cannot hold every connection. `None` (the default) is no cap.
     pub max_concurrent_exchanges: Option<usize>,
@@ -339,6 +341,7 @@ struct RawRoute {
     max_concurrent_exchanges: Option<Spanned<i64>>,
     max_exchange_duration: Option<Spanned<String>>,
     upstream_http2: Option<bool>,
+    upstream_idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -987,6 +990,13 @@ impl Validator<'_> {
                 })?),
             },
             upstream_http2: raw.upstream_http2.unwrap_or(true),
+            upstream_idle_timeout: self.duration(
+                key("upstream_idle_timeout"),
+                raw.upstream_idle_timeout.as_ref(),
+                // Below nginx's 75 s keepalive_timeout, so the gateway closes an idle
+                // connection before the upstream does and never sends on one being closed.
+                Duration::from_secs(60),
+            )?,
             max_concurrent_exchanges: match &raw.max_concurrent_exchanges {
                 None => None,
                 Some(v) => Some(usize::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -1223,6 +1233,7 @@ bind = "127.0.0.1:9901"
         assert_eq!(b.upstream.path, "/");
         assert_eq!(b.connect_timeout, Duration::from_secs(5));
         assert_eq!(b.response_timeout, Duration::from_secs(60));
+        assert_eq!(b.upstream_idle_timeout, Duration::from_secs(60));
         assert!(b.forwarded);
         assert_eq!(c.limits.max_header_bytes, 32768);
         assert_eq!(c.limits.max_connections, 20000);
@@ -1238,6 +1249,21 @@ bind = "127.0.0.1:9901"
             (url.authority.as_str(), url.path.as_str(), url.tls),
             ("dest", "/", false)
         );
+    }
+
+    #[test]
+    fn upstream_idle_timeout_is_read_and_must_be_longer_than_zero() {
+        let set = |value: &str| {
+            VALID.replace(
+                "forwarded = false",
+                &format!("forwarded = false\nupstream_idle_timeout = \"{value}\""),
+            )
+        };
+        let c = parse(&set("10s")).unwrap();
+        assert_eq!(c.routes[0].upstream_idle_timeout, Duration::from_secs(10));
+        let e = error(&set("0s"));
+        assert!(e.contains("routes[0].upstream_idle_timeout"), "{e}");
+        assert!(e.contains("fhirgate.toml:27"), "{e}");
     }
 
     #[test]

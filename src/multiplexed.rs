@@ -12,7 +12,7 @@
 //!
 //! The connection is opened by the route's [`Connector`] on the first exchange (one
 //! exchange connects while the others wait for it), replaced when it closes, and let go
-//! after [`IDLE_TIMEOUT`] without a new exchange; open streams finish first, as HTTP/2's
+//! after the route's `upstream_idle_timeout` without a new exchange; open streams finish first, as HTTP/2's
 //! graceful close lets them. When every open connection carries as many streams as the
 //! upstream allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`), one more is opened, so an
 //! exchange does not wait in a queue behind long downloads; past [`MAX_CONNECTIONS`],
@@ -47,10 +47,6 @@ use crate::upstream::{ConnectError, Connector};
 /// exchange.
 pub const MAX_CONNECTIONS: usize = 32;
 
-/// How long the connection is kept without a new exchange (as hyper-util's pool keeps an
-/// idle connection).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 // The connection's settings are hyper's HTTP/2 client defaults, which the gateway used
 // before it drove `h2` itself: large receive windows so one stream can fill a fast link,
 // bounded send buffering, no server push.
@@ -78,6 +74,8 @@ struct Shared {
     /// Told when a stream comes free or a connection goes, for exchanges waiting while
     /// [`MAX_CONNECTIONS`] connections are full.
     freed: Arc<Notify>,
+    /// A connection with no new exchange for this long is let go (`upstream_idle_timeout`).
+    idle_timeout: Duration,
 }
 
 type Sender = SendRequest<Bytes>;
@@ -171,8 +169,9 @@ pub enum Sent {
 }
 
 impl Multiplexed {
-    /// Nothing is opened until the first exchange.
-    pub fn new(connector: Connector, target: Uri) -> Multiplexed {
+    /// Nothing is opened until the first exchange; a connection with no new exchange for
+    /// `idle_timeout` is closed gracefully.
+    pub fn new(connector: Connector, target: Uri, idle_timeout: Duration) -> Multiplexed {
         Multiplexed {
             shared: Arc::new(Shared {
                 connector,
@@ -180,6 +179,7 @@ impl Multiplexed {
                 state: Mutex::default(),
                 connecting: tokio::sync::Mutex::new(()),
                 freed: Arc::new(Notify::new()),
+                idle_timeout,
             }),
         }
     }
@@ -507,7 +507,8 @@ impl Shared {
             });
             id
         };
-        tokio::spawn(drive(connection, Arc::downgrade(self), id));
+        let first_check = Instant::now() + self.idle_timeout;
+        tokio::spawn(drive(connection, Arc::downgrade(self), id, first_check));
         Ok(Found::Http2 {
             sender,
             id,
@@ -546,12 +547,17 @@ impl Shared {
         self.freed.notify_waiters();
     }
 
-    /// Lets connection `id` go if no exchange started on it for [`IDLE_TIMEOUT`].
-    /// Dropping the last sender closes it gracefully.
-    fn retire_if_idle(&self, id: u64) {
-        self.state()
-            .connections
-            .retain(|c| c.id != id || c.last_used.elapsed() < IDLE_TIMEOUT);
+    /// Lets connection `id` go if no exchange started on it for the idle timeout; otherwise
+    /// says when to look again.
+    fn retire_if_idle(&self, id: u64) -> Option<Instant> {
+        let mut state = self.state();
+        let index = state.connections.iter().position(|c| c.id == id)?;
+        let next_check = state.connections[index].last_used + self.idle_timeout;
+        if next_check > Instant::now() {
+            return Some(next_check);
+        }
+        state.connections.remove(index);
+        None
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -563,15 +569,15 @@ impl Shared {
 }
 
 /// Drives one connection until it closes, letting it go once it has been idle too long.
-async fn drive<F: Future>(connection: F, shared: Weak<Shared>, id: u64) {
+async fn drive<F: Future>(connection: F, shared: Weak<Shared>, id: u64, first_check: Instant) {
     let mut connection = std::pin::pin!(connection);
+    let mut check = Some(first_check);
     loop {
         tokio::select! {
             _ = &mut connection => break,
-            () = tokio::time::sleep(IDLE_TIMEOUT) => {
-                if let Some(shared) = shared.upgrade() {
-                    shared.retire_if_idle(id);
-                }
+            () = tokio::time::sleep_until(check.unwrap_or_else(Instant::now)), if check.is_some() => {
+                // Once let go, the connection is only driven until its last stream ends.
+                check = shared.upgrade().and_then(|shared| shared.retire_if_idle(id));
             }
         }
     }

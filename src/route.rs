@@ -280,6 +280,7 @@ mod tests {
             forwarded: true,
             max_request_body_bytes: None,
             upstream_http2: true,
+            upstream_idle_timeout: Duration::from_secs(60),
             max_concurrent_exchanges: None,
             max_exchange_duration: None,
             line: None,

@@ -34,9 +34,6 @@ use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
 use crate::multiplexed::{Multiplexed, Sent};
 use crate::tls::{UpstreamTrustError, upstream_client_config};
 
-/// How long an unused pooled connection is kept open.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// A route's upstream: where exchanges go and the pool of connections to get there.
 pub struct Upstream {
     client: Client<Connector, RequestBody>,
@@ -104,12 +101,12 @@ impl Upstream {
         let multiplexed = route.upstream_http2.then(|| {
             let target = absolute_uri(&scheme, &authority, PathAndQuery::from_static("/"))
                 .expect("scheme, authority and path make a URI");
-            Multiplexed::new(connector.clone(), target)
+            Multiplexed::new(connector.clone(), target, route.upstream_idle_timeout)
         });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(route.upstream_idle_timeout)
             .build(connector);
         Ok(Upstream {
             client,

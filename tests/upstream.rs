@@ -501,3 +501,40 @@ async fn an_upload_the_upstream_answers_early_is_let_go_at_once() {
     assert!(closed.is_ok(), "the client's connection is still held open");
     drop(tx);
 }
+
+#[tokio::test]
+async fn an_upstream_connection_is_closed_after_upstream_idle_timeout_and_kept_while_used() {
+    for (extra, what) in [
+        (r#"upstream_idle_timeout = "2s""#, "HTTP/2"),
+        (
+            "upstream_idle_timeout = \"2s\"\nupstream_http2 = false",
+            "HTTP/1.1",
+        ),
+    ] {
+        let setup = Setup::with_route_extra(extra).await;
+        // An exchange every 200 ms or so for 3 s: the connection never idles for 2 s.
+        for i in 0..15 {
+            let response = setup
+                .client()
+                .get(&format!("/dest-a/Patient/{i}"), Proto::Http1)
+                .await;
+            assert_eq!(text_of(response).await, PATIENT, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert_eq!(setup.destination.connection_count(), 1, "{what}");
+        assert_eq!(setup.destination.closed.load(Ordering::SeqCst), 0, "{what}");
+        // Then none: the gateway closes it, and the next exchange opens another.
+        bounded("the idle upstream connection to be closed", async {
+            while setup.destination.closed.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let response = setup
+            .client()
+            .get("/dest-a/Patient/last", Proto::Http1)
+            .await;
+        assert_eq!(text_of(response).await, PATIENT, "{what}");
+        assert_eq!(setup.destination.connection_count(), 2, "{what}");
+    }
+}

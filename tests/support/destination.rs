@@ -127,7 +127,7 @@ pub struct Destination {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// TCP connections accepted (pooling shows as one connection for many requests).
     pub connections: Arc<AtomicUsize>,
-    /// Connections that have ended (counted by [`Destination::start_closing_after_one`]).
+    /// Connections that have ended.
     pub closed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -179,15 +179,16 @@ impl Destination {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let acceptor = tls.map(|c| TlsAcceptor::from(Arc::new(c)));
-        let (rec, conns) = (received.clone(), connections.clone());
+        let (rec, conns, ended) = (received.clone(), connections.clone(), closed.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                let (rec, acceptor) = (rec.clone(), acceptor.clone());
+                let (rec, acceptor, ended) = (rec.clone(), acceptor.clone(), ended.clone());
                 conns.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| respond(req, rec.clone()));
@@ -208,6 +209,7 @@ impl Destination {
                                 .await;
                         }
                     }
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -215,7 +217,7 @@ impl Destination {
             addr,
             received,
             connections,
-            closed: Arc::default(),
+            closed,
             task,
         }
     }
