@@ -260,3 +260,71 @@ async fn a_second_signal_exits_at_once() {
     }
     assert!(exited, "a second signal did not end the drain at once");
 }
+
+/// Threads of process `pid` named as tokio names its workers.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn the_runtime_has_one_worker_per_cpu_it_may_use_and_none_on_one_cpu() {
+    // One CPU, by TOKIO_WORKER_THREADS or by the affinity mask (taskset): the current-thread
+    // scheduler, so no worker threads at all; two: two workers.
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    write_usual_files(&pki);
+    let cases: [(&[&str], Option<&str>, usize); 3] = [
+        (&[], Some("1"), 0),
+        (&[], Some("2"), 2),
+        (&["taskset", "-c", "0"], None, 0),
+    ];
+    for (wrapper, workers, expected) in cases {
+        let port = free_port();
+        let config = pki.write(
+            "child.toml",
+            &one_route_toml(
+                &format!("127.0.0.1:{port}"),
+                &destination_url(destination.addr.port()),
+                "",
+            ),
+        );
+        let binary = env!("CARGO_BIN_EXE_fhirgate");
+        let mut command = match wrapper {
+            [] => Command::new(binary),
+            [program, args @ ..] => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+        };
+        command.args(["run", "--config"]).arg(&config);
+        command.env_remove("TOKIO_WORKER_THREADS");
+        if let Some(workers) = workers {
+            command.env("TOKIO_WORKER_THREADS", workers);
+        }
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for_port(addr).await;
+        // Counted before any exchange: tokio's blocking threads (name resolution) carry the
+        // same name, and start only when needed.
+        let found = runtime_workers(child.id());
+        let response = Client::new(&pki.public_ca.pem, addr)
+            .get("/dest-a/Patient/1", Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            found, expected,
+            "{wrapper:?} TOKIO_WORKER_THREADS={workers:?}"
+        );
+    }
+}
