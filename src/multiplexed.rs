@@ -12,8 +12,8 @@
 //!
 //! The connection is opened by the route's [`Connector`] on the first exchange (one
 //! exchange connects while the others wait for it), replaced when it closes, and let go
-//! after the route's `upstream_idle_timeout` without a new exchange; open streams finish first, as HTTP/2's
-//! graceful close lets them. When every open connection carries as many streams as the
+//! after the route's `upstream_idle_timeout` without a new exchange; open streams finish
+//! first, as HTTP/2's graceful close lets them. When every open connection carries as many streams as the
 //! upstream allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`), one more is opened, so an
 //! exchange does not wait in a queue behind long downloads; past [`MAX_CONNECTIONS`],
 //! exchanges wait for a stream to come free on any of them. When the upstream answers ALPN
