@@ -47,6 +47,16 @@ if [ -z "${FHIRGATE:-}" ]; then
   FHIRGATE=$PWD/target/release/fhirgate
 fi
 
+# The destination and the three proxies listen here; a process left on one (KEEP=1 keeps the
+# work folder and its destination running, for profiling by hand) would answer in their place.
+DEST=19443; GW=18443; NGX=18444; HAP=18445
+for port in $DEST $GW $NGX $HAP; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is in use (a destination or proxy left from an earlier run?); stop it first" >&2
+    exit 1
+  fi
+done
+
 W=$(mktemp -d /tmp/fhirgate-bench.XXXXXX)
 PIDS=()
 cleanup() { [ -n "${KEEP:-}" ] && return; for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; pkill -f "$W" 2>/dev/null || true; rm -rf "$W"; }
@@ -88,7 +98,6 @@ chmod 777 www/fhir/upload tmp   # nginx workers (nobody) store uploads here
 STREAM_SHA=$(sha256sum www/fhir/bulk/export.ndjson | cut -d' ' -f1)
 STREAM_BYTES=$(stat -c %s www/fhir/bulk/export.ndjson)
 
-DEST=19443; GW=18443; NGX=18444; HAP=18445
 
 # --- Destination: nginx on CPU 0, TLS, HTTP/1.1 and HTTP/2. -----------------------------
 cat > dest.conf <<EOF
