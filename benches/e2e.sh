@@ -98,7 +98,6 @@ chmod 777 www/fhir/upload tmp   # nginx workers (nobody) store uploads here
 STREAM_SHA=$(sha256sum www/fhir/bulk/export.ndjson | cut -d' ' -f1)
 STREAM_BYTES=$(stat -c %s www/fhir/bulk/export.ndjson)
 
-
 # --- Destination: nginx on CPU 0, TLS, HTTP/1.1 and HTTP/2. -----------------------------
 cat > dest.conf <<EOF
 worker_processes 1; pid $W/dest.pid; error_log $W/dest.err; daemon off;

@@ -123,9 +123,9 @@ fn forwarded_element(client: IpAddr, host: &str) -> Option<HeaderValue> {
 pub struct ForwardedMemo(OnceLock<(Box<str>, HeaderValue)>);
 
 impl ForwardedMemo {
-    /// Appends the element for `client` and `host` ([`forwarded_element`]) as a new
-    /// `Forwarded` line, after any the client sent (RFC 7239 §4: each proxy appends its
-    /// own element). `client` must be the same on every call: it is the connection's peer.
+    /// Appends the element `for=<client>;proto=https;host=<host>` as a new `Forwarded`
+    /// line, after any the client sent (RFC 7239 §4: each proxy appends its own element).
+    /// `client` must be the same on every call: it is the connection's peer.
     pub fn append(&self, headers: &mut HeaderMap, client: IpAddr, host: &str) {
         let value = match self.0.get() {
             Some((known, value)) if **known == *host => Some(value.clone()),

@@ -13,12 +13,12 @@
 //! The connection is opened by the route's [`Connector`] on the first exchange (one
 //! exchange connects while the others wait for it), replaced when it closes, and let go
 //! after the route's `upstream_idle_timeout` without a new exchange; open streams finish
-//! first, as HTTP/2's graceful close lets them. When every open connection carries as many streams as the
-//! upstream allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`), one more is opened, so an
-//! exchange does not wait in a queue behind long downloads; past [`MAX_CONNECTIONS`],
-//! exchanges wait for a stream to come free on any of them. When the upstream answers ALPN
-//! with HTTP/1.1 (or speaks plain HTTP), the connection is handed to the pooled client,
-//! which serves the route from then on.
+//! first, as HTTP/2's graceful close lets them. When every open connection carries as many
+//! streams as the upstream allows (its `SETTINGS_MAX_CONCURRENT_STREAMS`), one more is
+//! opened, so an exchange does not wait in a queue behind long downloads; past
+//! [`MAX_CONNECTIONS`], exchanges wait for a stream to come free on any of them. When the
+//! upstream answers ALPN with HTTP/1.1 (or speaks plain HTTP), the connection is handed to
+//! the pooled client, which serves the route from then on.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -432,6 +432,7 @@ impl Shared {
     /// Opens a connection, unless another exchange did while this one waited its turn (or
     /// a stream came free); `None` when the last allowed one was opened meanwhile and is
     /// full.
+    ///
     /// Exchanges that waited for an attempt that failed fail with it: trying again one
     /// after another would keep the last of a burst waiting for a `connect_timeout` per
     /// exchange ahead of it.
@@ -571,13 +572,19 @@ impl Shared {
 /// Drives one connection until it closes, letting it go once it has been idle too long.
 async fn drive<F: Future>(connection: F, shared: Weak<Shared>, id: u64, first_check: Instant) {
     let mut connection = std::pin::pin!(connection);
-    let mut check = Some(first_check);
+    let mut check = first_check;
     loop {
         tokio::select! {
             _ = &mut connection => break,
-            () = tokio::time::sleep_until(check.unwrap_or_else(Instant::now)), if check.is_some() => {
-                // Once let go, the connection is only driven until its last stream ends.
-                check = shared.upgrade().and_then(|shared| shared.retire_if_idle(id));
+            () = tokio::time::sleep_until(check) => {
+                match shared.upgrade().and_then(|shared| shared.retire_if_idle(id)) {
+                    Some(next) => check = next,
+                    // Let go: driven only until its last stream ends.
+                    None => {
+                        connection.as_mut().await;
+                        break;
+                    }
+                }
             }
         }
     }

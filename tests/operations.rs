@@ -100,15 +100,29 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 }
 
 fn spawn(pki: &Pki, toml: &str) -> Child {
+    command(pki, toml, &[]).spawn().unwrap()
+}
+
+/// `fhirgate run` on `toml` (written as `child.toml`), its output discarded, run by
+/// `wrapper` (a command that runs another, such as `taskset -c 0`) when there is one.
+fn command(pki: &Pki, toml: &str, wrapper: &[&str]) -> Command {
     let config = pki.write("child.toml", toml);
-    Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+    let binary = env!("CARGO_BIN_EXE_fhirgate");
+    let mut command = match wrapper {
+        [] => Command::new(binary),
+        [program, args @ ..] => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+    };
+    command
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::null());
+    command
 }
 
 fn health(admin: &str) -> bool {
@@ -284,33 +298,17 @@ async fn the_runtime_has_one_worker_per_cpu_it_may_use_and_none_on_one_cpu() {
     ];
     for (wrapper, workers, expected) in cases {
         let port = free_port();
-        let config = pki.write(
-            "child.toml",
-            &one_route_toml(
-                &format!("127.0.0.1:{port}"),
-                &destination_url(destination.addr.port()),
-                "",
-            ),
+        let toml = one_route_toml(
+            &format!("127.0.0.1:{port}"),
+            &destination_url(destination.addr.port()),
+            "",
         );
-        let binary = env!("CARGO_BIN_EXE_fhirgate");
-        let mut command = match wrapper {
-            [] => Command::new(binary),
-            [program, args @ ..] => {
-                let mut command = Command::new(program);
-                command.args(args).arg(binary);
-                command
-            }
-        };
-        command.args(["run", "--config"]).arg(&config);
+        let mut command = command(&pki, &toml, wrapper);
         command.env_remove("TOKIO_WORKER_THREADS");
         if let Some(workers) = workers {
             command.env("TOKIO_WORKER_THREADS", workers);
         }
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = command.spawn().unwrap();
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_for_port(addr).await;
         // Counted before any exchange: tokio's blocking threads (name resolution) carry the

@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use support::*;
 
@@ -189,7 +190,7 @@ async fn response_timeout_is_504_and_counts_from_the_end_of_the_body() {
             tx.send_data(bytes::Bytes::from_static(b"0123456789"))
                 .await
                 .unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     let response = conn.send(request).await.unwrap();
@@ -315,7 +316,7 @@ async fn a_closed_http2_upstream_connection_is_replaced() {
         assert_eq!(setup.destination.last().version, http::Version::HTTP_2);
         bounded("the destination closing its connection", async {
             while setup.destination.closed.load(Ordering::SeqCst) <= i {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await;
@@ -356,21 +357,19 @@ async fn an_exchange_refused_by_a_closing_upstream_connection_goes_on_a_new_one(
     drop(body);
 }
 
-#[tokio::test]
-async fn a_route_opens_another_http2_connection_when_the_upstream_allows_no_more_streams() {
-    // The destination allows two streams per connection. Three downloads held open at once
-    // (their bodies unread, so their streams stay open) need a second connection: the third
-    // must not wait in a queue for one of the first two to finish.
-    use http_body_util::BodyExt;
+/// A gateway in front of a destination that allows `streams` HTTP/2 streams per
+/// connection, with `count` downloads held open through it (their bodies unread, so their
+/// streams stay open). One exchange goes first, so the gateway has the destination's
+/// SETTINGS.
+async fn downloads_held_open(streams: u32, count: usize) -> (Setup, Vec<hyper::body::Incoming>) {
     let pki = Pki::new();
     let destination =
-        Destination::start_with_max_streams(&pki.private_ca.issue(&["localhost"]), 2).await;
+        Destination::start_with_max_streams(&pki.private_ca.issue(&["localhost"]), streams).await;
     let setup = Setup::in_front_of(pki, destination, "").await;
-    // One exchange first, so the gateway has the destination's SETTINGS.
     let response = setup.client().get("/dest-a/Patient/1", Proto::Http1).await;
     assert_eq!(text_of(response).await, PATIENT);
     let mut downloads = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..count {
         let response = setup
             .client()
             .get("/dest-a/download?bytes=67108864", Proto::Http1)
@@ -378,6 +377,16 @@ async fn a_route_opens_another_http2_connection_when_the_upstream_allows_no_more
         assert_eq!(response.status(), 200);
         downloads.push(response.into_body());
     }
+    (setup, downloads)
+}
+
+#[tokio::test]
+async fn a_route_opens_another_http2_connection_when_the_upstream_allows_no_more_streams() {
+    // The destination allows two streams per connection. Three downloads held open at once
+    // need a second connection: the third must not wait in a queue for one of the first two
+    // to finish.
+    use http_body_util::BodyExt;
+    let (setup, mut downloads) = downloads_held_open(2, 3).await;
     assert_eq!(setup.destination.connection_count(), 2);
     // Each of them streams.
     for body in &mut downloads {
@@ -437,21 +446,7 @@ async fn a_route_opens_no_more_than_max_connections_http2_connections_and_queues
     // carrying a download held open, one more exchange waits for a stream instead of
     // opening yet another connection, and passes once a download ends.
     use fhirgate::multiplexed::MAX_CONNECTIONS;
-    let pki = Pki::new();
-    let destination =
-        Destination::start_with_max_streams(&pki.private_ca.issue(&["localhost"]), 1).await;
-    let setup = Setup::in_front_of(pki, destination, "").await;
-    let response = setup.client().get("/dest-a/Patient/1", Proto::Http1).await;
-    assert_eq!(text_of(response).await, PATIENT);
-    let mut downloads = Vec::new();
-    for _ in 0..MAX_CONNECTIONS {
-        let response = setup
-            .client()
-            .get("/dest-a/download?bytes=67108864", Proto::Http1)
-            .await;
-        assert_eq!(response.status(), 200);
-        downloads.push(response.into_body());
-    }
+    let (setup, mut downloads) = downloads_held_open(1, MAX_CONNECTIONS).await;
     assert_eq!(setup.destination.connection_count(), MAX_CONNECTIONS);
     let client = setup.client();
     let waiting = tokio::spawn(async move {
@@ -461,7 +456,7 @@ async fn a_route_opens_no_more_than_max_connections_http2_connections_and_queues
     // Nothing tells from outside when the exchange is waiting inside the gateway; without
     // the cap it would open one more connection within milliseconds, so watch for a second.
     for _ in 0..20 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(setup.destination.connection_count(), MAX_CONNECTIONS);
     }
     assert!(!waiting.is_finished(), "the exchange waits for a stream");
@@ -492,9 +487,9 @@ async fn an_upload_the_upstream_answers_early_is_let_go_at_once() {
     let response = conn.send(request).await.unwrap();
     assert_eq!(response.status(), 413);
     assert_eq!(text_of(response).await, "refused before the body");
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
         while !conn.is_closed() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
@@ -519,14 +514,14 @@ async fn an_upstream_connection_is_closed_after_upstream_idle_timeout_and_kept_w
                 .get(&format!("/dest-a/Patient/{i}"), Proto::Http1)
                 .await;
             assert_eq!(text_of(response).await, PATIENT, "{what}");
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(setup.destination.connection_count(), 1, "{what}");
         assert_eq!(setup.destination.closed.load(Ordering::SeqCst), 0, "{what}");
         // Then none: the gateway closes it, and the next exchange opens another.
         bounded("the idle upstream connection to be closed", async {
             while setup.destination.closed.load(Ordering::SeqCst) == 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
         .await;
