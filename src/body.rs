@@ -6,7 +6,7 @@
 //! * [`ResponseBody`] carries the destination's body (or a gateway-made OperationOutcome)
 //!   to the client, counts it, and owns the [`ExchangeRecord`] that reports the exchange
 //!   when the body is finished or dropped.
-//! * [`UpstreamBody`] is the destination's body as it arrives: from the pooled client or
+//! * [`UpstreamBody`] is the destination's body as it arrives: from a pooled connection or
 //!   from a stream of the shared HTTP/2 connection.
 
 use std::future::Future;
@@ -26,6 +26,7 @@ use tokio::time::Sleep;
 use crate::error::BoxError;
 use crate::exchange::{ExchangeRecord, Outcome};
 use crate::multiplexed::StreamBody;
+use crate::pooled::PooledBody;
 
 /// What the request body wrapper observed, shared with the exchange.
 #[derive(Debug, Default)]
@@ -151,10 +152,10 @@ impl Body for RequestBody {
     }
 }
 
-/// The destination's response body, whichever way it came: `Left` from the pooled client
+/// The destination's response body, whichever way it came: `Left` from a pooled connection
 /// (HTTP/1.1 upstreams, and every upstream of a route with `upstream_http2 = false`),
 /// `Right` from a stream of the route's shared HTTP/2 connection.
-pub type UpstreamBody = Either<Incoming, StreamBody>;
+pub type UpstreamBody = Either<PooledBody, StreamBody>;
 
 /// What the client receives.
 pub struct ResponseBody {

@@ -51,6 +51,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod multiplexed;
+pub mod pooled;
 pub mod proxy;
 pub mod route;
 pub mod sample;

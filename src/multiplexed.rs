@@ -18,7 +18,7 @@
 //! opened, so an exchange does not wait in a queue behind long downloads; past
 //! [`MAX_CONNECTIONS`], exchanges wait for a stream to come free on any of them. When the
 //! upstream answers ALPN with HTTP/1.1 (or speaks plain HTTP), the connection is handed to
-//! the pooled client, which serves the route from then on.
+//! the pooled HTTP/1.1 connections ([`crate::pooled`]), which serve the route from then on.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,7 +88,7 @@ struct State {
     /// Connections opened so far; numbers them, so that word about one never touches
     /// another.
     opened: u64,
-    /// The upstream chose HTTP/1.1: exchanges go to the pooled client.
+    /// The upstream chose HTTP/1.1: exchanges go to the pooled connections.
     http1: bool,
     /// Connection attempts that failed, and how the last one failed.
     failures: u64,
@@ -156,7 +156,7 @@ enum Found {
         reused: bool,
         slot: StreamSlot,
     },
-    /// The upstream chose HTTP/1.1: the pooled client serves the route.
+    /// The upstream chose HTTP/1.1: the pooled connections serve the route.
     Http1,
 }
 
@@ -164,7 +164,7 @@ enum Found {
 pub enum Sent {
     /// Over the HTTP/2 connection: the response head, or why there is none.
     Done(Result<Response<StreamBody>, GatewayError>),
-    /// Not sent: the upstream speaks HTTP/1.1, so the pooled client must carry it.
+    /// Not sent: the upstream speaks HTTP/1.1, so a pooled connection must carry it.
     Http1(Request<RequestBody>),
 }
 

@@ -1,10 +1,12 @@
-//! Upstream side: one pooled keep-alive client per route, speaking TLS to the destination's
-//! private URL (or to the next, delegated intermediary) with the route's trust anchors.
+//! Upstream side: a route's connections to the destination's private URL (or to the next,
+//! delegated intermediary), over TLS with the route's trust anchors.
 //!
-//! hyper-util's legacy `Client` gives connection pooling and HTTP/1.1 or HTTP/2 by ALPN;
-//! hyper-rustls does the TLS. This module adds what a gateway needs on top: one deadline
-//! over TCP connect + TLS handshake, a response deadline that starts when the request body
-//! has been sent, and a classification of every failure into an [`UpstreamFailure`].
+//! Exchanges go over a shared HTTP/2 connection ([`crate::multiplexed`]) or pooled HTTP/1.1
+//! keep-alive connections ([`crate::pooled`]), by the route's `upstream_http2` and the
+//! upstream's ALPN answer; hyper-rustls does the TLS. This module adds what a gateway needs
+//! on top: one deadline over TCP connect + TLS handshake, a response deadline that starts
+//! when the request body has been sent, and a classification of every failure into an
+//! [`UpstreamFailure`].
 
 use std::future::Future;
 use std::io;
@@ -19,10 +21,9 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Either;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -32,12 +33,13 @@ use crate::config::RouteConfig;
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
 use crate::multiplexed::{Multiplexed, Sent};
+use crate::pooled::Pooled;
 use crate::tls::{UpstreamTrustError, upstream_client_config};
 
 /// A route's upstream: where exchanges go and the pool of connections to get there.
 pub struct Upstream {
-    client: Client<Connector, RequestBody>,
-    /// The HTTP/2 connection (`upstream_http2`, the default); the pooled client carries
+    pooled: Pooled,
+    /// The HTTP/2 connection (`upstream_http2`, the default); the pooled connections carry
     /// HTTP/1.1 exchanges.
     multiplexed: Option<Multiplexed>,
     scheme: Scheme,
@@ -58,20 +60,27 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let builder = if route.upstream.tls {
-            builder.https_only()
-        } else {
-            builder.https_or_http()
-        };
-        let https = if route.upstream_http2 {
-            builder.enable_http1().enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
+        // The HTTP/2 connection offers both protocols by ALPN; the pooled connections,
+        // which only speak HTTP/1.1, offer only that.
+        let https = |http2: bool| {
+            let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.clone());
+            let builder = if route.upstream.tls {
+                builder.https_only()
+            } else {
+                builder.https_or_http()
+            };
+            if http2 {
+                builder
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(http.clone())
+            } else {
+                builder.enable_http1().wrap_connector(http.clone())
+            }
         };
         let route_name = Name(Arc::from(route.name.as_str()));
         let connector = Connector {
-            inner: https,
+            inner: https(false),
             timeout: route.connect_timeout,
             open: metrics
                 .upstream_connections
@@ -101,15 +110,17 @@ impl Upstream {
         let multiplexed = route.upstream_http2.then(|| {
             let target = absolute_uri(&scheme, &authority, PathAndQuery::from_static("/"))
                 .expect("scheme, authority and path make a URI");
-            Multiplexed::new(connector.clone(), target, route.upstream_idle_timeout)
+            let connector = Connector {
+                inner: https(true),
+                ..connector.clone()
+            };
+            Multiplexed::new(connector, target, route.upstream_idle_timeout)
         });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(route.upstream_idle_timeout)
-            .build(connector);
+        let target = absolute_uri(&scheme, &authority, PathAndQuery::from_static("/"))
+            .expect("scheme, authority and path make a URI");
+        let pooled = Pooled::new(connector, target, &authority, route.upstream_idle_timeout);
         Ok(Upstream {
-            client,
+            pooled,
             multiplexed,
             scheme,
             authority,
@@ -156,7 +167,7 @@ impl Upstream {
         }
     }
 
-    /// Over the HTTP/2 connection when there is one, otherwise by the pooled client.
+    /// Over the HTTP/2 connection when there is one, otherwise over a pooled one.
     async fn dispatch(
         &self,
         request: Request<RequestBody>,
@@ -168,13 +179,7 @@ impl Upstream {
             },
             None => request,
         };
-        let response = self.client.request(request).await.map_err(|e| {
-            let kind = classify(&e);
-            GatewayError::Upstream {
-                kind,
-                source: e.into(),
-            }
-        })?;
+        let response = self.pooled.send(request).await?;
         Ok(response.map(Either::Left))
     }
 }
@@ -190,19 +195,6 @@ fn absolute_uri(
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts)
-}
-
-/// Finds what went wrong in a client error: connect failures carry our [`ConnectError`];
-/// anything after the connection was made is a broken exchange.
-fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if let Some(connect) = e.downcast_ref::<ConnectError>() {
-            return connect.kind;
-        }
-        cause = e.source();
-    }
-    UpstreamFailure::Broken
 }
 
 /// A failed attempt to open an upstream connection, already classified.
@@ -339,7 +331,7 @@ impl<S> Drop for Counted<S> {
 
 impl<S: Connection> Connection for Counted<S> {
     fn connected(&self) -> Connected {
-        // Carries the negotiated ALPN protocol: the pool multiplexes HTTP/2 connections.
+        // Carries the negotiated ALPN protocol: the HTTP/2 connection checks the upstream chose h2.
         self.inner.connected()
     }
 }

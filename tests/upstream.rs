@@ -533,3 +533,35 @@ async fn an_upstream_connection_is_closed_after_upstream_idle_timeout_and_kept_w
         assert_eq!(setup.destination.connection_count(), 2, "{what}");
     }
 }
+
+#[tokio::test]
+async fn a_pooled_http1_connection_the_upstream_closed_while_idle_is_not_used_again() {
+    // The destination closes a keep-alive connection idle for 100 ms (nginx does so after
+    // its keepalive_timeout). The gateway's connection sits in its pool, not driven by
+    // anything, when that happens; the next exchange must go on a new connection, not fail
+    // on the closed one.
+    let pki = Pki::new();
+    let destination = Destination::start_http1_closing_idle_after(
+        &pki.private_ca.issue(&["localhost"]),
+        Duration::from_millis(100),
+    )
+    .await;
+    let setup = Setup::in_front_of(pki, destination, "upstream_http2 = false").await;
+    for i in 0..3 {
+        let response = setup
+            .client()
+            .get(&format!("/dest-a/Patient/{i}"), Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200, "exchange {i}");
+        assert_eq!(text_of(response).await, PATIENT, "exchange {i}");
+        bounded("the destination to close the idle connection", async {
+            while setup.destination.closed.load(Ordering::SeqCst) <= i {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    assert_eq!(setup.destination.connection_count(), 3);
+    // Each request reached the destination once.
+    assert_eq!(setup.destination.requests().len(), 3);
+}

@@ -121,6 +121,15 @@ impl Received {
     }
 }
 
+/// How a destination departs from the defaults.
+#[derive(Clone, Copy, Default)]
+struct Tuning {
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    max_streams: Option<u32>,
+    /// An HTTP/1.1 connection waiting this long for a request head is closed.
+    idle_close: Option<Duration>,
+}
+
 /// A real FHIR-ish destination on 127.0.0.1 that records every request.
 pub struct Destination {
     pub addr: SocketAddr,
@@ -166,6 +175,21 @@ impl Destination {
         Self::start_at(Some(server_config(leaf)), 0, Some(streams)).await
     }
 
+    /// Serves TLS with `leaf`, HTTP/1.1 only, and closes a keep-alive connection that has
+    /// waited `idle` for its next request, as nginx does after its `keepalive_timeout`.
+    pub async fn start_http1_closing_idle_after(leaf: &Leaf, idle: Duration) -> Destination {
+        let tls = server_config_with_alpn(leaf, &[b"http/1.1"]);
+        Self::start_tuned(
+            Some(tls),
+            0,
+            Tuning {
+                idle_close: Some(idle),
+                ..Tuning::default()
+            },
+        )
+        .await
+    }
+
     async fn start_with(tls: Option<rustls::ServerConfig>) -> Destination {
         Self::start_at(tls, 0, None).await
     }
@@ -174,6 +198,22 @@ impl Destination {
         tls: Option<rustls::ServerConfig>,
         port: u16,
         max_streams: Option<u32>,
+    ) -> Destination {
+        Self::start_tuned(
+            tls,
+            port,
+            Tuning {
+                max_streams,
+                ..Tuning::default()
+            },
+        )
+        .await
+    }
+
+    async fn start_tuned(
+        tls: Option<rustls::ServerConfig>,
+        port: u16,
+        tuning: Tuning,
     ) -> Destination {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -194,8 +234,14 @@ impl Destination {
                     let service = service_fn(move |req| respond(req, rec.clone()));
                     let mut builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Some(streams) = max_streams {
+                    if let Some(streams) = tuning.max_streams {
                         builder.http2().max_concurrent_streams(streams);
+                    }
+                    if let Some(idle) = tuning.idle_close {
+                        builder
+                            .http1()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(idle);
                     }
                     match acceptor {
                         Some(acceptor) => {
