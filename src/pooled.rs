@@ -187,6 +187,7 @@ async fn exchange(
     match result {
         Ok(response) => Ok(response.map(|incoming| PooledBody {
             incoming,
+            ended: false,
             sender: Some(sender),
             connection,
             pool: Arc::downgrade(pool),
@@ -313,6 +314,9 @@ async fn reap(shared: Weak<Shared>) {
 /// reads the body from the upstream; at its end the connection goes back to the pool.
 pub struct PooledBody {
     incoming: Incoming,
+    /// The body has been read to its end. hyper's own `is_end_stream` says so of a body of
+    /// announced length only, never of a chunked one.
+    ended: bool,
     /// Taken when the connection goes back to the pool.
     sender: Option<http1::SendRequest<RequestBody>>,
     /// `None` once the connection has ended.
@@ -333,6 +337,7 @@ impl Body for PooledBody {
         let frame = ready!(poll_with(&mut this.connection, cx, |cx| {
             Pin::new(&mut *incoming).poll_frame(cx)
         }));
+        this.ended |= frame.is_none();
         Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
     }
 
@@ -352,7 +357,7 @@ impl Drop for PooledBody {
         // connection is closed by dropping it.
         if let Some(connection) = self.connection.take()
             && let Some(sender) = self.sender.take()
-            && self.incoming.is_end_stream()
+            && (self.ended || self.incoming.is_end_stream())
             && sender.is_ready()
             && let Some(pool) = self.pool.upgrade()
         {

@@ -403,7 +403,8 @@ async fn upstream_http2_false_keeps_to_pooled_http1() {
 }
 
 /// Over either client protocol, sequential exchanges reach the destination in HTTP/1.1 on
-/// one pooled keep-alive connection.
+/// one pooled keep-alive connection, whether the response announced its length or came
+/// chunked.
 async fn assert_http1_over_one_connection(setup: &Setup) {
     for proto in BOTH {
         let response = setup.client().get("/dest-a/Patient/1", proto).await;
@@ -414,6 +415,15 @@ async fn assert_http1_over_one_connection(setup: &Setup) {
             http::Version::HTTP_11,
             "{proto:?}"
         );
+        for query in ["bytes=100000", "bytes=100000&chunked=1"] {
+            let response = setup
+                .client()
+                .get(&format!("/dest-a/download?{query}"), proto)
+                .await;
+            assert_eq!(response.status(), 200, "{proto:?} {query}");
+            let body = hash_body(response).await.expect("the whole body");
+            assert_eq!(body, PatternBody::summary(100_000), "{proto:?} {query}");
+        }
     }
     assert_eq!(setup.destination.connection_count(), 1);
 }
