@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod multiplexed;
 pub mod pooled;
 pub mod proxy;
+pub mod readahead;
 pub mod route;
 pub mod sample;
 pub mod server;
