@@ -25,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::body::{RequestBody, UpstreamBody};
@@ -33,7 +34,6 @@ use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
 use crate::multiplexed::{Multiplexed, Sent};
 use crate::pooled::Pooled;
-use crate::readahead::{ReadAhead, ReadAheadConnector};
 use crate::tls::{UpstreamTrustError, upstream_client_config};
 
 /// A route's upstream: where exchanges go and the pool of connections to get there.
@@ -73,11 +73,9 @@ impl Upstream {
                 builder
                     .enable_http1()
                     .enable_http2()
-                    .wrap_connector(ReadAheadConnector(http.clone()))
+                    .wrap_connector(http.clone())
             } else {
-                builder
-                    .enable_http1()
-                    .wrap_connector(ReadAheadConnector(http.clone()))
+                builder.enable_http1().wrap_connector(http.clone())
             }
         };
         let route_name = Name(Arc::from(route.name.as_str()));
@@ -248,7 +246,7 @@ fn connect_failure_kind(error: &(dyn std::error::Error + 'static)) -> UpstreamFa
 /// every connection counted and the upstream's certificate expiry noted.
 #[derive(Clone)]
 pub struct Connector {
-    inner: HttpsConnector<ReadAheadConnector>,
+    inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
     /// `fhirgate_upstream_connections{route}`.
     open: Gauge,
@@ -267,7 +265,7 @@ impl Connector {
 }
 
 /// An upstream connection as the connector makes it.
-pub type UpstreamStream = Counted<MaybeHttpsStream<TokioIo<ReadAhead>>>;
+pub type UpstreamStream = Counted<MaybeHttpsStream<TokioIo<TcpStream>>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
 
 impl tower_service::Service<Uri> for Connector {
