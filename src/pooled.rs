@@ -289,11 +289,10 @@ async fn reap(shared: Weak<Shared>) {
             };
             let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
+            // Oldest first, so the expired ones are a prefix.
             let expired = idle
                 .connections
-                .iter()
-                .take_while(|c| now.duration_since(c.since) >= shared.idle_timeout)
-                .count();
+                .partition_point(|c| now.duration_since(c.since) >= shared.idle_timeout);
             let closing: Vec<Idle> = idle.connections.drain(..expired).collect();
             let next = match idle.connections.first() {
                 Some(oldest) => oldest.since + shared.idle_timeout,

@@ -69,13 +69,11 @@ impl Upstream {
             } else {
                 builder.https_or_http()
             };
+            let builder = builder.enable_http1();
             if http2 {
-                builder
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http.clone())
+                builder.enable_http2().wrap_connector(http.clone())
             } else {
-                builder.enable_http1().wrap_connector(http.clone())
+                builder.wrap_connector(http.clone())
             }
         };
         let route_name = Name(Arc::from(route.name.as_str()));
@@ -107,17 +105,16 @@ impl Upstream {
                 route: route.name.clone(),
             }
         })?;
+        // What both kinds of connection dial.
+        let target = absolute_uri(&scheme, &authority, PathAndQuery::from_static("/"))
+            .expect("scheme, authority and path make a URI");
         let multiplexed = route.upstream_http2.then(|| {
-            let target = absolute_uri(&scheme, &authority, PathAndQuery::from_static("/"))
-                .expect("scheme, authority and path make a URI");
             let connector = Connector {
                 inner: https(true),
                 ..connector.clone()
             };
-            Multiplexed::new(connector, target, route.upstream_idle_timeout)
+            Multiplexed::new(connector, target.clone(), route.upstream_idle_timeout)
         });
-        let target = absolute_uri(&scheme, &authority, PathAndQuery::from_static("/"))
-            .expect("scheme, authority and path make a URI");
         let pooled = Pooled::new(connector, target, &authority, route.upstream_idle_timeout);
         Ok(Upstream {
             pooled,

@@ -166,13 +166,17 @@ impl Destination {
 
     /// Serves TLS with `leaf` on a given port of 127.0.0.1 (e.g. one a route already names).
     pub async fn start_on(leaf: &Leaf, port: u16) -> Destination {
-        Self::start_at(Some(server_config(leaf)), port, None).await
+        Self::start_tuned(Some(server_config(leaf)), port, Tuning::default()).await
     }
 
     /// Serves TLS with `leaf`, HTTP/2 and HTTP/1.1 by ALPN, allowing at most `streams`
     /// concurrent HTTP/2 streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub async fn start_with_max_streams(leaf: &Leaf, streams: u32) -> Destination {
-        Self::start_at(Some(server_config(leaf)), 0, Some(streams)).await
+        let tuning = Tuning {
+            max_streams: Some(streams),
+            ..Tuning::default()
+        };
+        Self::start_tuned(Some(server_config(leaf)), 0, tuning).await
     }
 
     /// Serves TLS with `leaf`, HTTP/1.1 only, and closes a keep-alive connection that has
@@ -191,23 +195,7 @@ impl Destination {
     }
 
     async fn start_with(tls: Option<rustls::ServerConfig>) -> Destination {
-        Self::start_at(tls, 0, None).await
-    }
-
-    async fn start_at(
-        tls: Option<rustls::ServerConfig>,
-        port: u16,
-        max_streams: Option<u32>,
-    ) -> Destination {
-        Self::start_tuned(
-            tls,
-            port,
-            Tuning {
-                max_streams,
-                ..Tuning::default()
-            },
-        )
-        .await
+        Self::start_tuned(tls, 0, Tuning::default()).await
     }
 
     async fn start_tuned(
