@@ -22,6 +22,7 @@
 //! | gateway-made errors as FHIR `OperationOutcome` | [`error`] |
 //! | open-connection limits, overall and per client address | [`limits`] |
 //! | when a client connection counts as idle | [`idle`] |
+//! | closing a client connection without losing the end of a response | [`linger`] |
 //! | `fhirgate check`: chains, expiry, coverage, upstream probes | [`check`] |
 //! | the one time source: Unix time, RFC 3339 UTC | [`clock`] |
 //! | human or JSON log lines | [`logging`] |
@@ -48,6 +49,7 @@ pub mod exchange;
 pub mod headers;
 pub mod idle;
 pub mod limits;
+pub mod linger;
 pub mod logging;
 pub mod metrics;
 pub mod multiplexed;

@@ -26,6 +26,7 @@ use crate::config::{Config, Limits};
 use crate::headers::ForwardedMemo;
 use crate::idle::Activity;
 use crate::limits::{ConnectionLimits, ConnectionPermit};
+use crate::linger;
 use crate::metrics::{
     CertificateLabels, ConfigLabels, ConnectionLabels, HandshakeFailureLabels, ListenerLabels,
     Metrics, Name, ReloadLabels,
@@ -651,6 +652,9 @@ impl Listener {
         _open: watch::Receiver<()>,
     ) {
         let _ = stream.set_nodelay(true);
+        // The socket comes back once TLS and HTTP are done with it, to be closed without
+        // losing the end of a response (see `linger`).
+        let (stream, mut reclaimed) = linger::Reclaimable::new(stream);
         let deadline = tokio::time::Instant::now() + self.limits.tls_handshake_timeout;
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let start = match tokio::time::timeout_at(deadline, acceptor).await {
@@ -776,29 +780,44 @@ impl Listener {
             .http
             .serve_connection(TokioIo::new(tls), service)
             .into_owned();
-        let mut connection = std::pin::pin!(connection);
         let idle = activity.idle_for(self.limits.idle_timeout);
-        let mut idle = std::pin::pin!(idle);
-        // Drain and idle both end the connection gracefully: HTTP/2 sends GOAWAY and lets
-        // open streams finish; HTTP/1.1 finishes the exchange in flight (its response
-        // carries `Connection: close`) and closes.
-        let mut closing = false;
-        let result = loop {
-            tokio::select! {
-                result = connection.as_mut() => break result,
-                () = stopped(&mut stop), if !closing => {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-                () = &mut idle, if !closing => {
-                    tracing::debug!(listener = %self.name, %peer, "closing idle connection");
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
+        let result = {
+            let mut connection = std::pin::pin!(connection);
+            let mut idle = std::pin::pin!(idle);
+            // Drain and idle both end the connection gracefully: HTTP/2 sends GOAWAY and
+            // lets open streams finish; HTTP/1.1 finishes the exchange in flight (its
+            // response carries `Connection: close`) and closes.
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    () = stopped(&mut stop), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    () = &mut idle, if !closing => {
+                        tracing::debug!(listener = %self.name, %peer, "closing idle connection");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
             }
+            // The connection, and with it the TLS stream, is dropped here: the socket
+            // comes back through `reclaimed`.
         };
-        if let Err(error) = result {
-            tracing::debug!(listener = %self.name, %peer, %error, "connection ended with an error");
+        drop(_open);
+        match result {
+            // Still counted against the connection limits and the drain while it lingers.
+            Ok(()) => {
+                if let Ok(socket) = reclaimed.try_recv() {
+                    linger::close(socket).await;
+                }
+            }
+            // A timeout (a slowloris client, a dead peer), a protocol error or a reset:
+            // closed at once, as nginx does, so a hostile client cannot hold the socket.
+            Err(error) => {
+                tracing::debug!(listener = %self.name, %peer, %error, "connection ended with an error");
+            }
         }
     }
 }

@@ -535,6 +535,11 @@ impl RawH2 {
             .tls(Some(PUBLIC_HOST), &[b"h2"])
             .await
             .expect("TLS handshake with the gateway");
+        Self::over(tls).await
+    }
+
+    /// Like [`RawH2::open`], over a TLS connection the test made (ALPN `h2`).
+    pub async fn over(tls: TlsStream<TcpStream>) -> RawH2 {
         assert_eq!(
             tls.get_ref().1.alpn_protocol(),
             Some(&b"h2"[..]),
