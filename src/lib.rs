@@ -55,6 +55,7 @@ pub mod metrics;
 pub mod multiplexed;
 pub mod pooled;
 pub mod proxy;
+pub mod readahead;
 pub mod route;
 pub mod sample;
 pub mod server;

@@ -25,7 +25,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::body::{RequestBody, UpstreamBody};
@@ -34,6 +33,7 @@ use crate::error::{BoxError, GatewayError, UpstreamFailure};
 use crate::metrics::{Metrics, Name, RouteLabels, UpstreamCertificateLabels};
 use crate::multiplexed::{Multiplexed, Sent};
 use crate::pooled::Pooled;
+use crate::readahead::{ReadAhead, ReadAheadConnector};
 use crate::tls::{UpstreamTrustError, upstream_client_config};
 
 /// A route's upstream: where exchanges go and the pool of connections to get there.
@@ -71,9 +71,11 @@ impl Upstream {
             };
             let builder = builder.enable_http1();
             if http2 {
-                builder.enable_http2().wrap_connector(http.clone())
+                builder
+                    .enable_http2()
+                    .wrap_connector(ReadAheadConnector(http.clone()))
             } else {
-                builder.wrap_connector(http.clone())
+                builder.wrap_connector(ReadAheadConnector(http.clone()))
             }
         };
         let route_name = Name(Arc::from(route.name.as_str()));
@@ -243,7 +245,7 @@ fn connect_failure_kind(error: &(dyn std::error::Error + 'static)) -> UpstreamFa
 /// every connection counted and the upstream's certificate expiry noted.
 #[derive(Clone)]
 pub struct Connector {
-    inner: HttpsConnector<HttpConnector>,
+    inner: HttpsConnector<ReadAheadConnector>,
     timeout: Duration,
     /// `fhirgate_upstream_connections{route}`.
     open: Gauge,
@@ -262,7 +264,7 @@ impl Connector {
 }
 
 /// An upstream connection as the connector makes it.
-pub type UpstreamStream = Counted<MaybeHttpsStream<TokioIo<TcpStream>>>;
+pub type UpstreamStream = Counted<MaybeHttpsStream<TokioIo<ReadAhead>>>;
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
 
 impl tower_service::Service<Uri> for Connector {
