@@ -178,19 +178,8 @@ async fn an_http2_download_in_flight_at_shutdown_arrives_whole_at_a_slow_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stays_silent_after_the_close_is_let_go_after_a_quiet_while() {
-    let (pki, _destination, gw) = {
-        let pki = Pki::new();
-        let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-        write_usual_files(&pki);
-        let toml = one_route_toml(
-            "127.0.0.1:0",
-            &destination_url(destination.addr.port()),
-            "[limits]\nmax_connections_per_ip = 1",
-        );
-        let gw = TestGateway::start(&pki, &toml).await;
-        (pki, destination, gw)
-    };
-    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let setup = Setup::with_route_extra("[limits]\nmax_connections_per_ip = 1").await;
+    let client = setup.client();
     // Client sent: one request asking the gateway to close; it reads the answer to its end
     // and then neither sends nor closes.
     let mut silent = client.tls(Some(PUBLIC_HOST), &[b"http/1.1"]).await.unwrap();
@@ -225,5 +214,5 @@ async fn a_client_that_stays_silent_after_the_close_is_let_go_after_a_quiet_whil
         started.elapsed()
     );
     drop(silent);
-    gw.stop().await;
+    setup.gateway.stop().await;
 }
