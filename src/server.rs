@@ -754,7 +754,7 @@ impl Listener {
             .clone();
         open.inc();
         // Decremented however the connection ends.
-        let _open = OnDrop(move || {
+        let counted_open = OnDrop(move || {
             open.dec();
         });
         let activity = Activity::new();
@@ -805,9 +805,11 @@ impl Listener {
             // The connection, and with it the TLS stream, is dropped here: the socket
             // comes back through `reclaimed`.
         };
-        drop(_open);
+        // A lingering socket no longer counts as an open connection in the metrics, but it
+        // holds its place in the connection limits (`_permit`) and the drain (`_open`)
+        // until it is closed.
+        drop(counted_open);
         match result {
-            // Still counted against the connection limits and the drain while it lingers.
             Ok(()) => {
                 if let Ok(socket) = reclaimed.try_recv() {
                     linger::close(socket).await;
