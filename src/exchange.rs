@@ -109,7 +109,7 @@ impl ExchangeRecord {
             .exchanges
             .get_or_create(&ExchangeLabels {
                 route,
-                method: MethodLabel(self.method.clone()),
+                method: MethodLabel::of(&self.method),
                 status: self.status,
             })
             .inc();

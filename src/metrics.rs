@@ -24,13 +24,41 @@ impl EncodeLabelValue for Name {
     }
 }
 
-/// A request method as a label value, without turning it into a `String` per exchange.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MethodLabel(pub http::Method);
+/// A request method as a label value: the methods of RFC 9110 and `PATCH` by name, any other
+/// as `_OTHER`. Clients may send any token as a method and the gateway passes it on, but a
+/// series is kept forever, so a client inventing methods must not be able to add series
+/// without bound (the same rule as OpenTelemetry's `http.request.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MethodLabel(&'static str);
+
+impl MethodLabel {
+    /// The label value for every method that is not a standard one.
+    pub const OTHER: MethodLabel = MethodLabel("_OTHER");
+
+    pub fn of(method: &http::Method) -> MethodLabel {
+        use http::Method;
+        MethodLabel(match *method {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::PATCH => "PATCH",
+            Method::OPTIONS => "OPTIONS",
+            Method::CONNECT => "CONNECT",
+            Method::TRACE => "TRACE",
+            _ => return MethodLabel::OTHER,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
 
 impl EncodeLabelValue for MethodLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.0.as_str())
+        encoder.write_str(self.0)
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use http::Request;
 use http_body_util::BodyExt;
 use sha2::Digest;
 use support::*;
@@ -96,6 +97,62 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     );
     assert_eq!(admin_get(admin, "/other").await.0, 404);
     drop(held);
+    gw.stop().await;
+}
+
+/// Clients may send any token as a method, and the gateway passes it on; its metrics keep
+/// the standard methods by name and count every other under one `_OTHER` series, so a
+/// client inventing methods cannot make the gateway keep series without bound.
+#[tokio::test]
+async fn invented_methods_share_one_metrics_series() {
+    let pki = Pki::new();
+    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+    write_usual_files(&pki);
+    let gw = TestGateway::start(
+        &pki,
+        &toml(destination.addr.port(), "127.0.0.1:0", "127.0.0.1:0"),
+    )
+    .await;
+    let admin = gw.gateway.as_ref().unwrap().admin_addr().unwrap();
+    let client = Client::new(&pki.public_ca.pem, gw.addr);
+
+    let invented = ["BREW", "FHIR-FOO", "X1", "X2"];
+    for (i, method) in invented.iter().enumerate() {
+        let proto = [Proto::Http1, Proto::Http2][i % 2];
+        let mut conn = client.connect(PUBLIC_HOST, proto).await;
+        let request = Request::builder()
+            .method(*method)
+            .uri("/dest-a/Patient/1")
+            .body(empty())
+            .unwrap();
+        let response = conn.send(request).await.expect("response");
+        assert_eq!(response.status(), 200, "{method}");
+    }
+    // Passed on unchanged: the label is the metrics' business only.
+    let received: Vec<String> = destination
+        .requests()
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(received, invented);
+    let mut conn = client.connect(PUBLIC_HOST, Proto::Http1).await;
+    let patch = Request::patch("/dest-a/Patient/1").body(empty()).unwrap();
+    assert_eq!(conn.send(patch).await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (_, metrics) = admin_get(admin, "/metrics").await;
+    for line in [
+        r#"fhirgate_exchanges_total{route="dest-a",method="_OTHER",status="200"} 4"#,
+        r#"fhirgate_exchanges_total{route="dest-a",method="PATCH",status="200"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line}\n{metrics}"
+        );
+    }
+    for method in invented {
+        assert!(!metrics.contains(method), "{method} in\n{metrics}");
+    }
     gw.stop().await;
 }
 
