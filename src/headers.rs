@@ -1,5 +1,5 @@
 //! Header rules of a pass-through intermediary, as pure functions over `HeaderMap`:
-//! hop-by-hop removal, `Forwarded` / `Via`, and the request id.
+//! hop-by-hop removal, `Forwarded` / `Via`, the request id, and the response head's rules.
 //!
 //! Everything not named here passes byte-for-byte in both directions; repeated lines of
 //! one name stay separate and in order (RFC 9110 §5.3).
@@ -183,6 +183,16 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         _ => "1.1 fhirgate",
     };
     headers.append(VIA, HeaderValue::from_static(entry));
+}
+
+/// The destination's response head on its way back: hop-by-hop fields removed, everything
+/// else untouched, and the exchange's request id added unless the destination set its own
+/// (it may have logged that one).
+pub fn rewrite_response(headers: &mut HeaderMap, request_id: HeaderValue) {
+    remove_hop_by_hop(headers);
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id);
+    }
 }
 
 /// The request id: the client's `X-Request-Id` when there is exactly one line and it is

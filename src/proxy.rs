@@ -354,10 +354,7 @@ fn pass_back(
     mut record: ExchangeRecord,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(X_REQUEST_ID) {
-        parts.headers.insert(X_REQUEST_ID, request_id);
-    }
+    headers::rewrite_response(&mut parts.headers, request_id);
     parts.version = Version::HTTP_11;
     record.status = parts.status.as_u16();
     Response::from_parts(parts, ResponseBody::upstream(body, record))
