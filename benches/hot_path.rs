@@ -21,8 +21,8 @@ use fhirgate::route::{self, RouteTable};
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use http_body::Body;
 
-/// A configuration with `n` routes spread over ten hosts, parsed the way the gateway does.
-fn config_with_routes(n: usize) -> Config {
+/// A configuration with `n` routes spread over `hosts` hosts, parsed the way the gateway does.
+fn config_with_routes(n: usize, hosts: usize) -> Config {
     let mut toml = String::from(
         "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\
          [[listeners.certificates]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
@@ -31,14 +31,14 @@ fn config_with_routes(n: usize) -> Config {
         toml.push_str(&format!(
             "[[routes]]\nname = \"r{i}\"\npublic_base = \"https://host{}.example.org/tenant-{i}/fhir\"\n\
              upstream = \"https://dest{i}.internal:9443/fhir\"\n",
-            i % 10
+            i % hosts
         ));
     }
     Config::parse(&toml, Path::new("/bench/fhirgate.toml")).expect("bench config is valid")
 }
 
 fn route_lookup(c: &mut Criterion) {
-    let config = config_with_routes(1000);
+    let config = config_with_routes(1000, 10);
     let table = RouteTable::new(&config.routes);
     c.bench_function("route lookup, 1000 routes", |b| {
         b.iter(|| {
@@ -48,6 +48,20 @@ fn route_lookup(c: &mut Criterion) {
                 "public",
             );
             assert!(m.is_some());
+            m.map(|m| m.index)
+        })
+    });
+    // A multi-tenant host: every route under one name.
+    let config = config_with_routes(1000, 1);
+    let one_host = RouteTable::new(&config.routes);
+    c.bench_function("route lookup, 1000 routes on one host", |b| {
+        b.iter(|| {
+            let m = one_host.lookup(
+                std::hint::black_box("host0.example.org"),
+                std::hint::black_box("/tenant-512/fhir/Observation/1"),
+                "public",
+            );
+            assert_eq!(m.map(|m| m.index), Some(512));
             m.map(|m| m.index)
         })
     });
