@@ -96,13 +96,11 @@ impl RouteTable {
         groups.iter().find_map(|group| {
             // Segment boundary: `/dest-a` matches `/dest-a` and `/dest-a/…`, never `/dest-ab`.
             // A `/` (or the end) after the first `len` bytes also makes `len` a character
-            // boundary, so the slices below cannot panic.
-            let remainder = match path.as_bytes().get(group.len) {
-                None if path.len() == group.len => "",
-                Some(b'/') => &path[group.len..],
-                _ => return None,
-            };
-            let candidate = &path[..group.len];
+            // boundary, so the split below cannot panic.
+            if path.len() != group.len && path.as_bytes().get(group.len) != Some(&b'/') {
+                return None;
+            }
+            let (candidate, remainder) = path.split_at(group.len);
             let found = group
                 .prefixes
                 .binary_search_by(|prefix| prefix.path.as_str().cmp(candidate))
@@ -378,6 +376,19 @@ mod tests {
         assert_eq!(hit(&only, "h", "/dest-ab"), None);
         assert_eq!(hit(&only, "h", "/dest"), None);
         assert_eq!(hit(&only, "h", "/"), None);
+    }
+
+    #[test]
+    fn the_remainder_is_the_end_of_the_request_path_itself() {
+        let t = table();
+        for path in ["/dest-a", "/dest-a/", "/dest-a/r4/Patient", "/other"] {
+            let found = t.lookup("fhir.example.org", path, "public").unwrap();
+            let end = path.as_ptr() as usize + path.len();
+            assert_eq!(
+                found.remainder.as_ptr() as usize + found.remainder.len(),
+                end
+            );
+        }
     }
 
     #[test]
