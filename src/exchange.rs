@@ -14,7 +14,7 @@ use http::{HeaderValue, Method};
 
 use crate::audit::{Auditor, ExchangeAudit};
 use crate::body::RequestBodyState;
-use crate::metrics::{ExchangeLabels, MethodLabel, Metrics, Name, RouteSeries};
+use crate::metrics::{MethodLabel, Metrics, Name, RouteSeries};
 
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,23 +96,20 @@ pub struct AuditContext {
 
 impl ExchangeRecord {
     fn count(&self, seconds: f64) {
-        let route = Name(self.route.clone().unwrap_or_else(|| Arc::from("-")));
         let fallback;
         let series = match &self.series {
             Some(series) => series.as_ref(),
             None => {
+                let route = Name(self.route.clone().unwrap_or_else(|| Arc::from("-")));
                 fallback = RouteSeries::new(&self.metrics, &route);
                 &fallback
             }
         };
-        self.metrics
-            .exchanges
-            .get_or_create(&ExchangeLabels {
-                route,
-                method: MethodLabel::of(&self.method),
-                status: self.status,
-            })
-            .inc();
+        series.exchanges.count(
+            &self.metrics.exchanges,
+            MethodLabel::of(&self.method),
+            self.status,
+        );
         series.duration.observe(seconds);
         series
             .bytes_received

@@ -225,9 +225,12 @@ pub fn is_sane_request_id(value: &[u8]) -> bool {
 }
 
 fn generate_request_id() -> HeaderValue {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    let mut value = HeaderValue::from_str(id).expect("a hyphenated UUID is a valid header value");
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+    // Shared from the start: the exchange keeps the id, sends it upstream and returns it,
+    // and the first clone of a value made from a copied slice would allocate once more.
+    let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .expect("a hyphenated UUID is a valid header value");
     value.set_sensitive(true);
     value
 }

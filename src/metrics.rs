@@ -5,7 +5,7 @@
 //! [`Metrics`], shared by its listeners and exchanges and surviving configuration reloads.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -70,11 +70,12 @@ pub struct ExchangeLabels {
 }
 
 /// A route's own series, looked up once per configuration instead of once per exchange.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RouteSeries {
     pub duration: Histogram,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    pub exchanges: ExchangeCounters,
 }
 
 impl RouteSeries {
@@ -86,6 +87,57 @@ impl RouteSeries {
             duration: metrics.exchange_duration.get_or_create(&labels).clone(),
             bytes_received: metrics.bytes_received.get_or_create(&labels).clone(),
             bytes_sent: metrics.bytes_sent.get_or_create(&labels).clone(),
+            exchanges: ExchangeCounters {
+                route: route.clone(),
+                seen: RwLock::default(),
+            },
+        }
+    }
+}
+
+/// A route's `fhirgate_exchanges_total` counters, by method and status, as its exchanges
+/// meet them. The family finds a counter by hashing the whole label set (SipHash) under its
+/// lock; a route sees a handful of method and status pairs, found here by a short scan.
+#[derive(Debug)]
+pub struct ExchangeCounters {
+    route: Name,
+    seen: RwLock<Vec<(MethodLabel, u16, Counter)>>,
+}
+
+/// Pairs kept per route; a destination answering with more kinds of status than this is
+/// counted through the family for the rest, so the scan stays short.
+const KEPT_PAIRS: usize = 32;
+
+impl ExchangeCounters {
+    /// Counts one exchange of this route in `family` (the gateway's `exchanges`).
+    pub fn count(
+        &self,
+        family: &Family<ExchangeLabels, Counter>,
+        method: MethodLabel,
+        status: u16,
+    ) {
+        let is_pair = |(m, s, _): &&(MethodLabel, u16, Counter)| *s == status && *m == method;
+        if let Some((_, _, counter)) = self
+            .seen
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(is_pair)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = family
+            .get_or_create(&ExchangeLabels {
+                route: self.route.clone(),
+                method,
+                status,
+            })
+            .clone();
+        counter.inc();
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        if seen.len() < KEPT_PAIRS && !seen.iter().any(|pair| is_pair(&pair)) {
+            seen.push((method, status, counter));
         }
     }
 }
