@@ -8,17 +8,16 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fhirgate::body::ResponseBody;
 use fhirgate::config::Config;
-use fhirgate::exchange::{ExchangeRecord, Outcome, Responder};
+use fhirgate::exchange::ExchangeRecord;
 use fhirgate::headers;
 use fhirgate::metrics::{Metrics, Name, RouteSeries};
 use fhirgate::route::{self, RouteTable};
-use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+use http::{HeaderMap, HeaderValue, Version};
 use http_body::Body;
 
 /// A configuration with `n` routes spread over `hosts` hosts, parsed the way the gateway does.
@@ -126,33 +125,28 @@ fn response_passing(c: &mut Criterion) {
     let route = Arc::<str>::from("bench");
     let series = Arc::new(RouteSeries::new(&metrics, &Name(route.clone())));
     let listener = Arc::<str>::from("public");
-    let uri = Uri::from_static("/fhir/Patient/example");
+    let (request, ()) = http::Request::get("/fhir/Patient/example")
+        .body(())
+        .expect("a valid request")
+        .into_parts();
+    let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 40000));
     let request_id = HeaderValue::from_static("3f1c2a9e-5b7d-4c1e-9a2f-0d6b8e4c7a13");
     let mut cx = Context::from_waker(Waker::noop());
     c.bench_function("response passing (head, 2 KB body, exchange record)", |b| {
         b.iter(|| {
             let mut head = template.clone();
             headers::rewrite_response(&mut head, request_id.clone());
-            let record = ExchangeRecord {
-                request_id: request_id.clone(),
-                listener: listener.clone(),
-                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
-                method: Method::GET,
-                uri: uri.clone(),
-                route: Some(route.clone()),
-                status: 200,
-                responder: Responder::Upstream,
-                started: Instant::now(),
-                request_body: Arc::default(),
-                bytes_out: 0,
-                outcome: Outcome::ClientAborted,
-                audit: None,
-                metrics: metrics.clone(),
-                series: Some(series.clone()),
-                deadline: None,
-                route_slot: None,
-                in_flight: None,
-            };
+            let mut record = ExchangeRecord::new(
+                request_id.clone(),
+                listener.clone(),
+                peer,
+                &request,
+                metrics.clone(),
+                None,
+            );
+            record.route = Some(route.clone());
+            record.series = Some(series.clone());
+            record.status = 200;
             let mut body = ResponseBody::full(payload.clone(), record);
             let mut sent = 0;
             while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut cx) {

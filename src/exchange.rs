@@ -14,7 +14,7 @@ use http::{HeaderValue, Method};
 
 use crate::audit::{Auditor, ExchangeAudit};
 use crate::body::RequestBodyState;
-use crate::metrics::{MethodLabel, Metrics, Name, RouteSeries};
+use crate::metrics::{MethodLabel, Metrics, RouteSeries};
 
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,15 +95,43 @@ pub struct AuditContext {
 }
 
 impl ExchangeRecord {
+    /// The record of an exchange whose request head has just arrived: no route and no
+    /// status yet, and counted as given up by the client until its response reaches its end.
+    pub fn new(
+        request_id: HeaderValue,
+        listener: Arc<str>,
+        peer: SocketAddr,
+        request: &http::request::Parts,
+        metrics: Arc<Metrics>,
+        in_flight: Option<crate::idle::InFlight>,
+    ) -> ExchangeRecord {
+        ExchangeRecord {
+            request_id,
+            listener,
+            peer,
+            method: request.method.clone(),
+            uri: request.uri.clone(),
+            route: None,
+            status: 0,
+            responder: Responder::Upstream,
+            started: Instant::now(),
+            request_body: Arc::default(),
+            bytes_out: 0,
+            outcome: Outcome::ClientAborted,
+            audit: None,
+            metrics,
+            series: None,
+            deadline: None,
+            route_slot: None,
+            in_flight,
+        }
+    }
+
     fn count(&self, seconds: f64) {
-        let fallback;
+        // A route's series are set together with the route; without them, none matched.
         let series = match &self.series {
             Some(series) => series.as_ref(),
-            None => {
-                let route = Name(self.route.clone().unwrap_or_else(|| Arc::from("-")));
-                fallback = RouteSeries::new(&self.metrics, &route);
-                &fallback
-            }
+            None => self.metrics.unrouted(),
         };
         series.exchanges.count(
             &self.metrics.exchanges,

@@ -5,7 +5,7 @@
 //! [`Metrics`], shared by its listeners and exchanges and surviving configuration reloads.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -32,9 +32,6 @@ impl EncodeLabelValue for Name {
 pub struct MethodLabel(&'static str);
 
 impl MethodLabel {
-    /// The label value for every method that is not a standard one.
-    pub const OTHER: MethodLabel = MethodLabel("_OTHER");
-
     pub fn of(method: &http::Method) -> MethodLabel {
         use http::Method;
         MethodLabel(match *method {
@@ -47,12 +44,8 @@ impl MethodLabel {
             Method::OPTIONS => "OPTIONS",
             Method::CONNECT => "CONNECT",
             Method::TRACE => "TRACE",
-            _ => return MethodLabel::OTHER,
+            _ => "_OTHER",
         })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        self.0
     }
 }
 
@@ -215,6 +208,8 @@ pub struct Metrics {
     pub upstream_connections: Family<RouteLabels, Gauge>,
     pub upstream_certificate_expiry: Family<UpstreamCertificateLabels, Gauge>,
     pub audit_queue_depth: Gauge,
+    /// The series of exchanges that matched no route (`route="-"`), made at the first one.
+    unrouted: OnceLock<RouteSeries>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -247,6 +242,7 @@ impl Metrics {
             upstream_connections: Family::default(),
             upstream_certificate_expiry: Family::default(),
             audit_queue_depth: Gauge::default(),
+            unrouted: OnceLock::new(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -329,6 +325,12 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// The series of exchanges that matched no route, counted as route `-`.
+    pub fn unrouted(&self) -> &RouteSeries {
+        self.unrouted
+            .get_or_init(|| RouteSeries::new(self, &Name(Arc::from("-"))))
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -336,5 +338,34 @@ impl Metrics {
             let _ = writeln!(out, "# encoding failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the pairs a route keeps, exchanges are still counted, through the family.
+    #[test]
+    fn a_route_counts_every_status_even_past_the_pairs_it_keeps() {
+        let metrics = Metrics::new();
+        let series = RouteSeries::new(&metrics, &Name(Arc::from("r")));
+        let statuses = 200..200 + KEPT_PAIRS as u16 + 8;
+        for _ in 0..3 {
+            for status in statuses.clone() {
+                series.exchanges.count(
+                    &metrics.exchanges,
+                    MethodLabel::of(&http::Method::GET),
+                    status,
+                );
+            }
+        }
+        let exposition = metrics.encode();
+        for status in statuses {
+            let line = format!(
+                r#"fhirgate_exchanges_total{{route="r",method="GET",status="{status}"}} 3"#
+            );
+            assert!(exposition.lines().any(|l| l == line), "missing {line}");
+        }
     }
 }

@@ -9,7 +9,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use http::header::{HOST, TE};
 use http::request::Parts;
@@ -21,7 +20,7 @@ use crate::body::{RequestBody, ResponseBody, UpstreamBody};
 use crate::clock;
 use crate::config::Config;
 use crate::error::{GatewayError, OutcomeFormat, UpstreamFailure, outcome_format};
-use crate::exchange::{AuditContext, ExchangeRecord, Outcome, Responder};
+use crate::exchange::{AuditContext, ExchangeRecord, Responder};
 use crate::headers::{self, ForwardedMemo, X_REQUEST_ID};
 use crate::limits::RateLimiter;
 use crate::metrics::{FailureLabels, Metrics, Name, RouteSeries};
@@ -290,26 +289,14 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
     let format = outcome_format(&parts.headers, parts.uri.query());
-    let mut record = ExchangeRecord {
-        request_id: request_id.clone(),
-        listener: conn.listener.clone(),
-        peer: conn.peer,
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        route: None,
-        status: 0,
-        responder: Responder::Upstream,
-        started: Instant::now(),
-        request_body: Arc::default(),
-        bytes_out: 0,
-        outcome: Outcome::ClientAborted,
-        audit: None,
-        metrics: snapshot.metrics.clone(),
-        series: None,
-        deadline: None,
-        route_slot: None,
-        in_flight: conn.activity.as_ref().map(|a| a.begin()),
-    };
+    let mut record = ExchangeRecord::new(
+        request_id.clone(),
+        conn.listener.clone(),
+        conn.peer,
+        &parts,
+        snapshot.metrics.clone(),
+        conn.activity.as_ref().map(|a| a.begin()),
+    );
     if let Some(auditor) = &snapshot.audit {
         // Records are never dropped: while the audit queue is full this waits, and while
         // the sink cannot be written (on_failure = "refuse") the exchange is refused.

@@ -62,9 +62,9 @@ const MAX_HOST: usize = 256;
 impl RouteTable {
     /// Builds the table; `routes[i]` is reported back as `RouteMatch::index == i`.
     pub fn new(routes: &[RouteConfig]) -> RouteTable {
-        let mut by_path: HashMap<String, HashMap<String, Vec<Entry>>> = HashMap::new();
+        let mut paths_by_host: HashMap<String, HashMap<String, Vec<Entry>>> = HashMap::new();
         for (index, route) in routes.iter().enumerate() {
-            by_path
+            paths_by_host
                 .entry(route.public_host.to_ascii_lowercase())
                 .or_default()
                 .entry(route.public_path.trim_end_matches('/').to_owned())
@@ -74,7 +74,7 @@ impl RouteTable {
                     index,
                 });
         }
-        let by_host = by_path
+        let by_host = paths_by_host
             .into_iter()
             .map(|(host, paths)| (host, PrefixGroup::of_host(paths)))
             .collect();

@@ -28,23 +28,52 @@ bind = "{admin}""#
     one_route_toml(bind, &destination_url(destination_port), &extra)
 }
 
+/// An in-process gateway of [`toml`] with its admin listener, in front of a destination.
+struct WithAdmin {
+    _pki: Pki,
+    destination: Destination,
+    gw: TestGateway,
+    admin: std::net::SocketAddr,
+    client: Client,
+}
+
+impl WithAdmin {
+    async fn start() -> WithAdmin {
+        let pki = Pki::new();
+        let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
+        write_usual_files(&pki);
+        let gw = TestGateway::start(
+            &pki,
+            &toml(destination.addr.port(), "127.0.0.1:0", "127.0.0.1:0"),
+        )
+        .await;
+        let admin = gw
+            .gateway
+            .as_ref()
+            .unwrap()
+            .admin_addr()
+            .expect("admin listener");
+        let client = Client::new(&pki.public_ca.pem, gw.addr);
+        WithAdmin {
+            _pki: pki,
+            destination,
+            gw,
+            admin,
+            client,
+        }
+    }
+}
+
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
-    let pki = Pki::new();
-    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    write_usual_files(&pki);
-    let gw = TestGateway::start(
-        &pki,
-        &toml(destination.addr.port(), "127.0.0.1:0", "127.0.0.1:0"),
-    )
-    .await;
-    let admin = gw
-        .gateway
-        .as_ref()
-        .unwrap()
-        .admin_addr()
-        .expect("admin listener");
-    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    // Every field bound: what `..` skipped would be dropped (stopped, deleted) at once.
+    let WithAdmin {
+        _pki,
+        destination: _destination,
+        gw,
+        admin,
+        client,
+    } = WithAdmin::start().await;
 
     assert_eq!(admin_get(admin, "/healthz").await.0, 200);
     assert_eq!(admin_get(admin, "/readyz").await, (200, "ready\n".into()));
@@ -105,16 +134,13 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 /// client inventing methods cannot make the gateway keep series without bound.
 #[tokio::test]
 async fn invented_methods_share_one_metrics_series() {
-    let pki = Pki::new();
-    let destination = Destination::start(&pki.private_ca.issue(&["localhost"])).await;
-    write_usual_files(&pki);
-    let gw = TestGateway::start(
-        &pki,
-        &toml(destination.addr.port(), "127.0.0.1:0", "127.0.0.1:0"),
-    )
-    .await;
-    let admin = gw.gateway.as_ref().unwrap().admin_addr().unwrap();
-    let client = Client::new(&pki.public_ca.pem, gw.addr);
+    let WithAdmin {
+        destination,
+        gw,
+        admin,
+        client,
+        _pki,
+    } = WithAdmin::start().await;
 
     let invented = ["BREW", "FHIR-FOO", "X1", "X2"];
     for (i, method) in invented.iter().enumerate() {
