@@ -2,7 +2,8 @@
 # End-to-end benchmark: fhirgate side by side with nginx and HAProxy as TLS-terminating,
 # re-encrypting reverse proxies, and with no proxy at all ("direct").
 #
-#   bash benches/e2e.sh            # full run: every scenario, medians of 5 interleaved rounds
+#   bash benches/e2e.sh            # full run: every scenario, medians of 5 interleaved rounds,
+#                                  # and fhirgate's CPU over the best peer's round by round
 #   bash benches/e2e.sh --quick    # smoke run: one repetition, smaller loads
 #   bash benches/e2e.sh --instructions   # fhirgate's instructions per small exchange
 #                                        # (callgrind: repeatable where CPU time is noisy)
@@ -33,7 +34,7 @@ case "${1:-}" in
   *) echo "usage: bash benches/e2e.sh [--quick | --instructions]" >&2; exit 2 ;;
 esac
 if [ $QUICK = 1 ]; then REPS=1; SMALL_N=4000; RATE_N=8000; BIG_N=100; TLS_N=300; STREAM_MB=64
-else REPS=5; SMALL_N=30000; RATE_N=40000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
+else REPS=5; SMALL_N=100000; RATE_N=40000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need haproxy || ! need h2load || { [ $INSTRUCTIONS = 1 ] && ! need valgrind; }; then
@@ -280,7 +281,28 @@ interleaved() {  # runner, arguments after the target
   for t in $ALL; do
     printf '%s\t%s\n' "$t" "$(printf '%s' "${rows[$t]}" | python3 -c "$MEDIANS" "$runner")"
   done
+  # The goal's measure, each fhirgate row's CPU over the best peer's, round by round: the
+  # targets of one round run within a minute of each other, so a slow spell of the shared
+  # machine moves both sides of a round's ratio, where it can move one column's median alone.
+  local cpu_column; cpu_column=$([ "$runner" = run_h2load ] && echo 5 || echo 3)
+  printf 'ratios\t%s\n' "$(for t in start_fhirgate start_fhirgate_h2 start_nginx start_haproxy; do
+      printf '%s\n' "${rows[$t]}" | awk -v c="$cpu_column" 'NF {printf "%s ", $c}'; printf ';'
+    done | python3 -c "$RATIOS")"
 }
+# Input: the CPU column of fhirgate, fhirgate with an HTTP/2 upstream, nginx and HAProxy,
+# one round per number, separated by ";". Output: per fhirgate row, its ratios to the
+# cheaper peer round by round and their median, the two rows separated by a tab.
+RATIOS='
+import statistics, sys
+fg, fg2, ngx, hap = ([float(x) for x in part.split()] for part in sys.stdin.read().split(";")[:4])
+best = [min(a, b) for a, b in zip(ngx, hap)]
+def show(mine):
+    per_round = [m / b for m, b in zip(mine, best) if b > 0]
+    if not per_round:
+        return "-"
+    return " ".join(f"{r:.2f}" for r in per_round) + f" (median {statistics.median(per_round):.2f})"
+print(f"{show(fg)}\t{show(fg2)}")'
+
 # Columns of run_h2load: req/s p50 p99 errors cpu hwm; of the streams: MiB/s ok cpu hwm.
 MEDIANS='
 import sys
@@ -353,13 +375,20 @@ scenario() {  # title, h2load args
   echo "| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | proxy peak RSS MiB | % of direct |"
   echo "|---|---|---|---|---|---|---|---|"
   local direct_rps="" t row rps p50 p99 err cpu hwm
+  local ratios=""
   while IFS=$'\t' read -r t row; do
+    [ "$t" = ratios ] && { ratios=$row; continue; }
     read -r rps p50 p99 err cpu hwm <<<"$row"
     [ "$t" = start_direct ] && direct_rps=$rps
     local pct; pct=$(python3 -c "print(f'{100*$rps/max($direct_rps,1):.0f}')")
     if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
     echo "| $(name "$t") | $rps | $p50 | $p99 | $err | $cpu | $hwm | $pct |"
   done < <(interleaved run_h2load "$2")
+  print_ratios "$ratios" "per request"
+}
+print_ratios() {  # "fhirgate<TAB>fhirgate, HTTP/2 upstream" (each "r1 r2 … (median m)"), unit
+  echo
+  echo "Proxy CPU $2 ÷ the best peer's in the same round: fhirgate $(cut -f1 <<<"$1"); fhirgate, HTTP/2 upstream $(cut -f2 <<<"$1")"
 }
 
 scenario "GET 2 KB Patient, HTTP/1.1, 50 keep-alive connections" "--h1 -c 50 -n $SMALL_N https://localhost:PORT/fhir/Patient/example"
@@ -379,13 +408,16 @@ stream_scenario() {  # title, runner
   echo "| target | MiB/s | byte-exact | proxy CPU s per GiB | proxy peak RSS MiB | % of direct |"
   echo "|---|---|---|---|---|---|"
   local direct_mbs="" t row mbs ok cpu hwm pct
+  local ratios=""
   while IFS=$'\t' read -r t row; do
+    [ "$t" = ratios ] && { ratios=$row; continue; }
     read -r mbs ok cpu hwm <<<"$row"
     [ "$t" = start_direct ] && direct_mbs=$mbs
     pct=$(python3 -c "print(f'{100*$mbs/max($direct_mbs,1):.0f}')")
     if [ "$t" = start_direct ]; then cpu="-"; hwm="-"; fi
     echo "| $(name "$t") | $mbs | $ok | $cpu | $hwm | $pct |"
   done < <(interleaved "$2")
+  print_ratios "$ratios" "per GiB"
 }
 
 stream_scenario "${STREAM_MB} MiB NDJSON download, one stream (curl, HTTP/1.1)" run_stream
