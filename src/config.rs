@@ -133,6 +133,12 @@ pub struct FileRef {
     pub line: Option<usize>,
 }
 
+/// Idle pooled HTTP/1.1 connections a route keeps unless `upstream_max_idle` says
+/// otherwise: enough for a busy destination's bursts to find connections open, few enough
+/// that many routes after a burst do not hold thousands of them (each with its TLS state
+/// and buffers) for `upstream_idle_timeout`.
+pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 128;
+
 /// One `[[routes]]` table.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -161,6 +167,9 @@ pub struct RouteConfig {
     pub upstream_http2: bool,
     /// How long an upstream connection is kept open with no new exchange on it.
     pub upstream_idle_timeout: Duration,
+    /// Pooled HTTP/1.1 connections kept open with no exchange on them, at most; past that
+    /// the least recently used is closed. 0 closes each connection after its exchange.
+    pub upstream_max_idle: usize,
     /// Exchanges in flight to this upstream at once; more are refused with 503 so one slow
     /// destination cannot hold every connection. `None` (the default) is no cap.
     pub max_concurrent_exchanges: Option<usize>,
@@ -342,6 +351,7 @@ struct RawRoute {
     max_exchange_duration: Option<Spanned<String>>,
     upstream_http2: Option<bool>,
     upstream_idle_timeout: Option<Spanned<String>>,
+    upstream_max_idle: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -997,6 +1007,16 @@ impl Validator<'_> {
                 // connection before the upstream does and never sends on one being closed.
                 Duration::from_secs(60),
             )?,
+            upstream_max_idle: match &raw.upstream_max_idle {
+                None => DEFAULT_UPSTREAM_MAX_IDLE,
+                Some(v) => usize::try_from(*v.get_ref()).map_err(|_| {
+                    self.error(
+                        key("upstream_max_idle"),
+                        Some(v.span()),
+                        format!("{} is not allowed; give a whole number of connections, 0 or more", v.get_ref()),
+                    )
+                })?,
+            },
             max_concurrent_exchanges: match &raw.max_concurrent_exchanges {
                 None => None,
                 Some(v) => Some(usize::try_from(*v.get_ref()).ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -1234,6 +1254,7 @@ bind = "127.0.0.1:9901"
         assert_eq!(b.connect_timeout, Duration::from_secs(5));
         assert_eq!(b.response_timeout, Duration::from_secs(60));
         assert_eq!(b.upstream_idle_timeout, Duration::from_secs(60));
+        assert_eq!(b.upstream_max_idle, 128);
         assert!(b.forwarded);
         assert_eq!(c.limits.max_header_bytes, 32768);
         assert_eq!(c.limits.max_connections, 20000);
@@ -1264,6 +1285,22 @@ bind = "127.0.0.1:9901"
         let e = error(&set("0s"));
         assert!(e.contains("routes[0].upstream_idle_timeout"), "{e}");
         assert!(e.contains("fhirgate.toml:27"), "{e}");
+    }
+
+    #[test]
+    fn upstream_max_idle_is_read_zero_allowed_and_never_negative() {
+        let set = |value: &str| {
+            VALID.replace(
+                "forwarded = false",
+                &format!("forwarded = false\nupstream_max_idle = {value}"),
+            )
+        };
+        assert_eq!(parse(&set("4")).unwrap().routes[0].upstream_max_idle, 4);
+        assert_eq!(parse(&set("0")).unwrap().routes[0].upstream_max_idle, 0);
+        let e = error(&set("-1"));
+        assert!(e.contains("routes[0].upstream_max_idle"), "{e}");
+        assert!(e.contains("fhirgate.toml:27"), "{e}");
+        assert!(e.contains("-1 is not allowed"), "{e}");
     }
 
     #[test]

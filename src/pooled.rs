@@ -15,8 +15,12 @@
 //! end and hyper is ready for the next request on it; otherwise (the client left, the
 //! upstream still wants an upload it answered early) it is closed. Idle connections are
 //! taken most recently used first; one the upstream closed while it was idle is noticed
-//! when it is next taken, and one idle for `upstream_idle_timeout` is closed.
+//! when it is next taken, and one idle for `upstream_idle_timeout` is closed. At most
+//! `upstream_max_idle` connections wait in the pool; one more closes the least recently
+//! used, as nginx's `keepalive` does, so a burst does not leave its whole peak of
+//! connections (their TLS state, buffers and file descriptors) open after it.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -51,12 +55,15 @@ struct Shared {
     idle: Mutex<IdleList>,
     /// An idle connection is closed after this long (`upstream_idle_timeout`).
     idle_timeout: Duration,
+    /// Idle connections kept at most (`upstream_max_idle`).
+    max_idle: usize,
 }
 
 #[derive(Default)]
 struct IdleList {
-    /// Oldest first: connections are taken from the end and put back at the end.
-    connections: Vec<Idle>,
+    /// Oldest first: connections are taken from the back and put back at the back; the
+    /// least recently used is at the front.
+    connections: VecDeque<Idle>,
     /// A task is waiting to close connections whose idle time runs out.
     reaping: bool,
 }
@@ -95,6 +102,7 @@ impl Pooled {
         target: Uri,
         authority: &Authority,
         idle_timeout: Duration,
+        max_idle: usize,
     ) -> Pooled {
         let default_port = match target.scheme_str() {
             Some("https") => 443,
@@ -111,6 +119,7 @@ impl Pooled {
                 target,
                 idle: Mutex::default(),
                 idle_timeout,
+                max_idle,
             }),
         }
     }
@@ -228,7 +237,7 @@ impl Shared {
         loop {
             let mut conn = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let candidate = idle.connections.pop()?;
+                let candidate = idle.connections.pop_back()?;
                 if candidate.since.elapsed() >= self.idle_timeout {
                     // Every older one has run out too.
                     let expired = std::mem::take(&mut idle.connections);
@@ -263,19 +272,29 @@ impl Shared {
     }
 
     /// Puts `conn` back for the next exchange and makes sure it is closed if none comes
-    /// within `idle_timeout`.
+    /// within `idle_timeout`. With `max_idle` connections already waiting, the least
+    /// recently used is closed instead.
     fn put_back(self: &Arc<Self>, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.connections.push(Idle {
+        idle.connections.push_back(Idle {
             conn,
             since: Instant::now(),
         });
+        let surplus = if idle.connections.len() > self.max_idle {
+            idle.connections.pop_front()
+        } else {
+            None
+        };
         if !idle.reaping
+            && !idle.connections.is_empty()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             idle.reaping = true;
             runtime.spawn(reap(Arc::downgrade(self)));
         }
+        // Closed outside the lock.
+        drop(idle);
+        drop(surplus);
     }
 }
 
@@ -294,7 +313,7 @@ async fn reap(shared: Weak<Shared>) {
                 .connections
                 .partition_point(|c| now.duration_since(c.since) >= shared.idle_timeout);
             let closing: Vec<Idle> = idle.connections.drain(..expired).collect();
-            let next = match idle.connections.first() {
+            let next = match idle.connections.front() {
                 Some(oldest) => oldest.since + shared.idle_timeout,
                 None => {
                     idle.reaping = false;

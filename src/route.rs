@@ -335,6 +335,7 @@ mod tests {
             max_request_body_bytes: None,
             upstream_http2: true,
             upstream_idle_timeout: Duration::from_secs(60),
+            upstream_max_idle: crate::config::DEFAULT_UPSTREAM_MAX_IDLE,
             max_concurrent_exchanges: None,
             max_exchange_duration: None,
             line: None,

@@ -117,7 +117,13 @@ impl Upstream {
             };
             Multiplexed::new(connector, target.clone(), route.upstream_idle_timeout)
         });
-        let pooled = Pooled::new(connector, target, &authority, route.upstream_idle_timeout);
+        let pooled = Pooled::new(
+            connector,
+            target,
+            &authority,
+            route.upstream_idle_timeout,
+            route.upstream_max_idle,
+        );
         Ok(Upstream {
             pooled,
             multiplexed,

@@ -550,6 +550,75 @@ async fn an_upstream_connection_is_closed_after_upstream_idle_timeout_and_kept_w
     }
 }
 
+/// `count` downloads of 8 MiB through the gateway at once, their bodies unread until all
+/// have their response heads: each holds a pooled connection of its own while the next is
+/// sent (the gateway cannot pass 8 MiB on to a client that does not read). Then every body
+/// is read to its end, and each connection goes back to the pool.
+async fn downloads_at_once(setup: &Setup, count: usize) {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let response = setup
+            .client()
+            .get("/dest-a/download?bytes=8388608", Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200);
+        held.push(response);
+    }
+    for response in held {
+        let body = hash_body(response).await.expect("the whole body");
+        assert_eq!(body, PatternBody::summary(8_388_608));
+    }
+}
+
+/// Waits until the destination has seen `count` of its connections end.
+async fn closed_reaches(setup: &Setup, count: usize) {
+    bounded("the surplus idle connections to be closed", async {
+        while setup.destination.closed.load(Ordering::SeqCst) < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pooled_http1_connections_past_upstream_max_idle_are_closed() {
+    let setup = Setup::with_route_extra("upstream_http2 = false\nupstream_max_idle = 2").await;
+    // Four exchanges at once need four connections; when they are done the pool keeps two
+    // and closes the other two.
+    downloads_at_once(&setup, 4).await;
+    assert_eq!(setup.destination.connection_count(), 4);
+    closed_reaches(&setup, 2).await;
+    // The next four at once find the two kept ones and open two more.
+    downloads_at_once(&setup, 4).await;
+    assert_eq!(setup.destination.connection_count(), 6);
+    closed_reaches(&setup, 4).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        setup.destination.closed.load(Ordering::SeqCst),
+        4,
+        "two stay open"
+    );
+    // The ones kept are used again.
+    let response = setup.client().get("/dest-a/Patient/1", Proto::Http1).await;
+    assert_eq!(text_of(response).await, PATIENT);
+    assert_eq!(setup.destination.connection_count(), 6);
+}
+
+#[tokio::test]
+async fn upstream_max_idle_zero_closes_each_pooled_connection_after_its_exchange() {
+    let setup = Setup::with_route_extra("upstream_http2 = false\nupstream_max_idle = 0").await;
+    for i in 0..3 {
+        let response = setup
+            .client()
+            .get(&format!("/dest-a/Patient/{i}"), Proto::Http1)
+            .await;
+        assert_eq!(text_of(response).await, PATIENT, "exchange {i}");
+        closed_reaches(&setup, i + 1).await;
+    }
+    assert_eq!(setup.destination.connection_count(), 3);
+    assert_eq!(setup.destination.requests().len(), 3);
+}
+
 #[tokio::test]
 async fn a_pooled_http1_connection_the_upstream_closed_while_idle_is_not_used_again() {
     // The destination closes a keep-alive connection idle for 100 ms (nginx does so after
