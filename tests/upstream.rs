@@ -535,12 +535,7 @@ async fn an_upstream_connection_is_closed_after_upstream_idle_timeout_and_kept_w
         assert_eq!(setup.destination.connection_count(), 1, "{what}");
         assert_eq!(setup.destination.closed.load(Ordering::SeqCst), 0, "{what}");
         // Then none: the gateway closes it, and the next exchange opens another.
-        bounded("the idle upstream connection to be closed", async {
-            while setup.destination.closed.load(Ordering::SeqCst) == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+        closed_reaches(&setup, 1).await;
         let response = setup
             .client()
             .get("/dest-a/Patient/last", Proto::Http1)
@@ -572,11 +567,14 @@ async fn downloads_at_once(setup: &Setup, count: usize) {
 
 /// Waits until the destination has seen `count` of its connections end.
 async fn closed_reaches(setup: &Setup, count: usize) {
-    bounded("the surplus idle connections to be closed", async {
-        while setup.destination.closed.load(Ordering::SeqCst) < count {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    bounded(
+        &format!("{count} upstream connections to be closed"),
+        async {
+            while setup.destination.closed.load(Ordering::SeqCst) < count {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
     .await;
 }
 
@@ -639,12 +637,7 @@ async fn a_pooled_http1_connection_the_upstream_closed_while_idle_is_not_used_ag
             .await;
         assert_eq!(response.status(), 200, "exchange {i}");
         assert_eq!(text_of(response).await, PATIENT, "exchange {i}");
-        bounded("the destination to close the idle connection", async {
-            while setup.destination.closed.load(Ordering::SeqCst) <= i {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        closed_reaches(&setup, i + 1).await;
     }
     assert_eq!(setup.destination.connection_count(), 3);
     // Each request reached the destination once.
