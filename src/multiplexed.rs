@@ -39,7 +39,7 @@ use tower_service::Service;
 
 use crate::body::RequestBody;
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
-use crate::upstream::{ConnectError, Connector};
+use crate::upstream::{ConnectError, Connector, MAX_RESPONSE_HEAD};
 
 /// At most this many HTTP/2 connections per route. Once every one carries as many streams
 /// as the upstream allows, further exchanges wait until a stream comes free on any of them,
@@ -53,7 +53,6 @@ pub const MAX_CONNECTIONS: usize = 32;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const MAX_FRAME_SIZE: u32 = 16 * 1024;
-const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
@@ -480,7 +479,7 @@ impl Shared {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .initial_window_size(STREAM_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_header_list_size(MAX_RESPONSE_HEAD as u32)
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))

@@ -36,6 +36,11 @@ use crate::pooled::Pooled;
 use crate::readahead::{ReadAhead, ReadAheadConnector};
 use crate::tls::{UpstreamTrustError, upstream_client_config};
 
+/// The largest response head the gateway takes from an upstream, over either protocol: as
+/// HAProxy's 16 KiB buffer allows, and twice or four times nginx's default
+/// `proxy_buffer_size`. A larger one fails the exchange with 502 (`transient`).
+pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
 /// A route's upstream: where exchanges go and the pool of connections to get there.
 pub struct Upstream {
     pooled: Pooled,

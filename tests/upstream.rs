@@ -643,3 +643,47 @@ async fn a_pooled_http1_connection_the_upstream_closed_while_idle_is_not_used_ag
     // Each request reached the destination once.
     assert_eq!(setup.destination.requests().len(), 3);
 }
+
+#[tokio::test]
+async fn response_heads_up_to_16_kib_pass_whole_and_larger_ones_are_502() {
+    // The same bound towards an HTTP/2 destination and towards an HTTP/1.1-only one.
+    for http1_only in [false, true] {
+        let pki = Pki::new();
+        let leaf = pki.private_ca.issue(&["localhost"]);
+        let destination = if http1_only {
+            Destination::start_http1(&leaf).await
+        } else {
+            Destination::start(&leaf).await
+        };
+        let setup = Setup::in_front_of(pki, destination, "").await;
+        let client = setup.client();
+        let context = format!("HTTP/1.1-only destination: {http1_only}");
+
+        // 12,000 bytes of fields: passed on whole.
+        let response = client
+            .get("/dest-a/big-head?bytes=12000", Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 200, "{context}");
+        let big = header_lines(&response, "x-big");
+        assert_eq!(big.len(), 3, "{context}");
+        for (i, value) in big.iter().enumerate() {
+            assert_eq!(*value, format!("{i:04}").repeat(1000), "{context}");
+        }
+        assert_eq!(response.headers()["x-last"], "end", "{context}");
+        assert_eq!(text_of(response).await, "big head", "{context}");
+
+        // 20,000 bytes: refused as the upstream's failure, and the gateway stays usable.
+        let response = client
+            .get("/dest-a/big-head?bytes=20000", Proto::Http1)
+            .await;
+        assert_eq!(response.status(), 502, "{context}");
+        let body = text_of(response).await;
+        assert!(
+            body.contains(r#""resourceType":"OperationOutcome""#),
+            "{context}: {body}"
+        );
+        assert!(!body.contains("localhost"), "{context}: {body}");
+        let response = client.get("/dest-a/Patient/1", Proto::Http1).await;
+        assert_eq!(response.status(), 200, "{context}");
+    }
+}

@@ -515,6 +515,16 @@ async fn answer(
             r.headers_mut().insert("content-length", length.into());
         }
         r
+    } else if path.ends_with("/big-head") {
+        // A response head of about `bytes` bytes: fields of 4,000 bytes each, then `x-last`.
+        let mut r = text("big head");
+        let fields = query_param(target, "bytes").unwrap_or(0) / 4000;
+        for i in 0..fields {
+            let value = HeaderValue::from_str(&format!("{i:04}").repeat(1000)).unwrap();
+            r.headers_mut().append("x-big", value);
+        }
+        r.headers_mut().insert("x-last", "end".parse().unwrap());
+        r
     } else if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_millis(
             query_param(target, "ms").unwrap_or(1000),
