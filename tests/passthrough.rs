@@ -122,14 +122,7 @@ async fn hop_by_hop_request_fields_are_dropped_and_host_is_the_upstream_authorit
     // Towards an HTTP/2 destination and towards an HTTP/1.1-only one (where nothing in the
     // HTTP/2 machinery would strip connection-specific fields for the gateway).
     for http1_only in [false, true] {
-        let pki = Pki::new();
-        let leaf = pki.private_ca.issue(&["localhost"]);
-        let destination = if http1_only {
-            Destination::start_http1(&leaf).await
-        } else {
-            Destination::start(&leaf).await
-        };
-        let setup = Setup::in_front_of(pki, destination, "").await;
+        let setup = Setup::towards(http1_only).await;
         let mut conn = setup.client().connect(PUBLIC_HOST, Proto::Http1).await;
         let request = Request::get("/dest-a/Patient/1")
             .header("connection", "keep-alive, X-Hop")

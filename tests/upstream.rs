@@ -648,14 +648,7 @@ async fn a_pooled_http1_connection_the_upstream_closed_while_idle_is_not_used_ag
 async fn response_heads_up_to_16_kib_pass_whole_and_larger_ones_are_502() {
     // The same bound towards an HTTP/2 destination and towards an HTTP/1.1-only one.
     for http1_only in [false, true] {
-        let pki = Pki::new();
-        let leaf = pki.private_ca.issue(&["localhost"]);
-        let destination = if http1_only {
-            Destination::start_http1(&leaf).await
-        } else {
-            Destination::start(&leaf).await
-        };
-        let setup = Setup::in_front_of(pki, destination, "").await;
+        let setup = Setup::towards(http1_only).await;
         let client = setup.client();
         let context = format!("HTTP/1.1-only destination: {http1_only}");
 

@@ -114,6 +114,19 @@ impl Setup {
         Self::in_front_of(pki, destination, extra).await
     }
 
+    /// The usual set-up in front of a destination that speaks HTTP/2 and HTTP/1.1 (ALPN
+    /// picks HTTP/2), or only HTTP/1.1.
+    pub async fn towards(http1_only: bool) -> Setup {
+        let pki = Pki::new();
+        let leaf = pki.private_ca.issue(&["localhost"]);
+        let destination = if http1_only {
+            Destination::start_http1(&leaf).await
+        } else {
+            Destination::start(&leaf).await
+        };
+        Self::in_front_of(pki, destination, "").await
+    }
+
     /// The usual gateway in front of a destination the test started.
     pub async fn in_front_of(pki: Pki, destination: Destination, extra: &str) -> Setup {
         write_usual_files(&pki);
