@@ -675,6 +675,7 @@ async fn response_heads_up_to_16_kib_pass_whole_and_larger_ones_are_502() {
             body.contains(r#""resourceType":"OperationOutcome""#),
             "{context}: {body}"
         );
+        assert!(body.contains(r#""code":"transient""#), "{context}: {body}");
         assert!(!body.contains("localhost"), "{context}: {body}");
         let response = client.get("/dest-a/Patient/1", Proto::Http1).await;
         assert_eq!(response.status(), 200, "{context}");
