@@ -7,6 +7,11 @@
 #   bash benches/e2e.sh --quick    # smoke run: one repetition, smaller loads
 #   bash benches/e2e.sh --instructions   # fhirgate's instructions per small exchange
 #                                        # (callgrind: repeatable where CPU time is noisy)
+#   bash benches/e2e.sh --train    # no measurement: the training load of benches/pgo.sh
+#
+# It measures the build the container image ships: profile-guided (benches/pgo.sh, built
+# first and kept in target/pgo/). FHIRGATE=/path/to/fhirgate measures another build, such as
+# plain `cargo build --release` (target/release/fhirgate).
 #
 # Every proxy speaks pooled HTTP/1.1 to the destination (nginx cannot do otherwise; HAProxy
 # turns an HTTP/2 upstream's responses into HTTP/1.1 status lines without a reason phrase,
@@ -26,27 +31,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-QUICK=0; INSTRUCTIONS=0
+QUICK=0; INSTRUCTIONS=0; TRAIN=0
 case "${1:-}" in
   --quick) QUICK=1 ;;
   --instructions) QUICK=1; INSTRUCTIONS=1 ;;
+  --train) QUICK=1; TRAIN=1 ;;
   "") ;;
-  *) echo "usage: bash benches/e2e.sh [--quick | --instructions]" >&2; exit 2 ;;
+  *) echo "usage: bash benches/e2e.sh [--quick | --instructions | --train]" >&2; exit 2 ;;
 esac
 if [ $QUICK = 1 ]; then REPS=1; SMALL_N=4000; RATE_N=8000; BIG_N=100; TLS_N=300; STREAM_MB=64
 else REPS=5; SMALL_N=100000; RATE_N=40000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need haproxy || ! need h2load || { [ $INSTRUCTIONS = 1 ] && ! need valgrind; }; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy nghttp2-client valgrind >/dev/null
+if ! need nginx || ! need haproxy || ! need h2load || ! need curl || ! need openssl || ! need python3 \
+   || ! need pgrep || ! need taskset || { [ $INSTRUCTIONS = 1 ] && ! need valgrind; }; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy nghttp2-client \
+    curl openssl python3 procps util-linux $([ $INSTRUCTIONS = 1 ] && echo valgrind) >/dev/null
 fi
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
 # FHIRGATE=/path/to/binary compares another build (e.g. the previous commit's).
 if [ -z "${FHIRGATE:-}" ]; then
-  cargo build --release --locked -q --bin fhirgate
-  FHIRGATE=$PWD/target/release/fhirgate
+  bash benches/pgo.sh
+  FHIRGATE=$PWD/target/pgo/fhirgate
 fi
+BUILD=$([ "$FHIRGATE" = "$PWD/target/pgo/fhirgate" ] && echo "profile-guided build" || echo "build $FHIRGATE")
 
 # The destination and the three proxies listen here; a process left on one (KEEP=1 keeps the
 # work folder and its destination running, for profiling by hand) would answer in their place.
@@ -234,8 +243,7 @@ run_stream() {
   $start; wait_port "$PORT"
   local before; before=$(cpu_of "$PROXY_PID")
   local t0; t0=$(date +%s.%N)
-  local sha; sha=$(taskset -c 0 curl -s --http1.1 --cacert "$W/client-ca.pem" \
-      "https://localhost:$PORT/fhir/bulk/export.ndjson" | taskset -c 0 sha256sum | cut -d' ' -f1)
+  local sha; sha=$(run_stream_through "$PORT")
   local t1; t1=$(date +%s.%N)
   local after; after=$(cpu_of "$PROXY_PID")
   local hwm; hwm=$(hwm_of "$PROXY_PID")
@@ -325,7 +333,39 @@ print(" ".join(out))'
 ALL="start_direct start_fhirgate start_nginx start_haproxy start_fhirgate_h2"
 name() { case $1 in start_direct) echo direct;; start_fhirgate) echo fhirgate;; start_fhirgate_h2) echo "fhirgate, HTTP/2 upstream";; start_nginx) echo "nginx $(nginx -v 2>&1 | sed 's/.*\///')";; start_haproxy) echo "HAProxy $(haproxy -v | head -1 | awk '{print $3}')";; esac; }
 
-echo "# fhirgate end-to-end benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $("$FHIRGATE" --version)"
+# --- Training load for profile-guided optimisation (benches/pgo.sh) ----------------------
+# What a FHIR gateway serves, through both upstream protocols: small reads over HTTP/1.1 and
+# HTTP/2, small writes (the static destination refuses them), unknown routes (the gateway's
+# own OperationOutcome), large Bundles, a new TLS connection per request, and one download
+# and one upload stream. Loads are smaller than the measured ones and checked, so a
+# misconfigured run cannot train the build on error paths alone.
+train() {
+  local up load n
+  for up in false true; do
+    UPSTREAM_HTTP2=$up start_fhirgate_with; wait_port $GW 600
+    for load in "20000 --h1 -c 20 /fhir/Patient/example" "20000 -c 4 -m 8 /fhir/Patient/example" \
+                "100 --h1 -c 4 /fhir/bundle" "100 -c 2 -m 4 /fhir/bundle" "300 --h1 -c 300 /fhir/Patient/example" \
+                "2000 -c 2 -m 4 -d $W/www/fhir/Patient/example /fhir/Patient/example" \
+                "2000 --h1 -c 4 /elsewhere/Patient/example"; do
+      read -r n load <<<"$load"
+      # shellcheck disable=SC2086
+      taskset -c 0 h2load -n "$n" ${load% *} "https://localhost:$GW${load##* }" > "$W/h2load.out" 2>&1 || true
+      grep -q "requests: $n total, $n started, $n done" "$W/h2load.out" \
+        || { echo "training load failed: $load" >&2; cat "$W/h2load.out" >&2; exit 1; }
+    done
+    [ "$(run_stream_through $GW)" = "$STREAM_SHA" ] || { echo "training download failed" >&2; exit 1; }
+    taskset -c 0 curl -sf --http1.1 --cacert "$W/client-ca.pem" -o /dev/null -T "$W/www/fhir/bulk/export.ndjson" \
+      "https://localhost:$GW/fhir/upload/export.ndjson" || { echo "training upload failed" >&2; exit 1; }
+    stop_proxy   # the instrumented build writes its counts when it exits
+  done
+}
+run_stream_through() {  # port → SHA-256 of the NDJSON export read through it
+  taskset -c 0 curl -s --http1.1 --cacert "$W/client-ca.pem" "https://localhost:$1/fhir/bulk/export.ndjson" \
+    | taskset -c 0 sha256sum | cut -d' ' -f1
+}
+if [ $TRAIN = 1 ]; then train; exit 0; fi
+
+echo "# fhirgate end-to-end benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $("$FHIRGATE" --version) ($BUILD)"
 
 # --- Instructions per exchange (callgrind) -----------------------------------------------
 # CPU time on a shared machine varies by tens of percent between runs; instruction counts do
