@@ -4,11 +4,20 @@
 #   docker run -p 8443:8443 -v $PWD/config:/etc/fhirgate:ro -v $PWD/certs:/etc/fhirgate/certs:ro fhirgate
 
 FROM rust:1.90-bookworm AS build
+# Profile-guided build (benches/pgo.sh): about 6 minutes longer, and 5-25 % less CPU per
+# small exchange than a plain release build. The training load runs inside this stage
+# (nginx, h2load and curl from Debian's packages, on 127.0.0.1 only) and installs nothing
+# into the final image. --build-arg PGO=false builds plainly.
+ARG PGO=true
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bin fhirgate
+RUN if [ "$PGO" = true ]; then \
+      bash benches/pgo.sh && cp target/pgo/fhirgate /fhirgate; \
+    else \
+      cargo build --release --locked --bin fhirgate && cp target/release/fhirgate /fhirgate; \
+    fi
 
 FROM debian:bookworm-slim
 # System roots for upstreams without upstream_ca; nothing else is installed.
@@ -18,7 +27,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fhirgate \
  && mkdir -p /etc/fhirgate /var/log/fhirgate \
  && chown fhirgate /var/log/fhirgate
-COPY --from=build /src/target/release/fhirgate /usr/local/bin/fhirgate
+COPY --from=build /fhirgate /usr/local/bin/fhirgate
 USER fhirgate
 ENV FHIRGATE_CONFIG=/etc/fhirgate/fhirgate.toml
 # Public TLS listener and the admin listener (health, metrics). Bind the admin listener to

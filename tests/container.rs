@@ -68,6 +68,23 @@ fn dockerfile_is_multi_stage_non_root_and_stops_with_sigterm() {
             .any(|(w, v)| w == "RUN" && v.contains("cargo build --release --locked")),
         "built with cargo, locked"
     );
+    // By default the image ships the profile-guided build, which benches/pgo.sh makes with
+    // the same locked dependencies; `--build-arg PGO=false` takes the plain build above.
+    assert!(
+        all.iter().any(|(w, v)| w == "ARG" && v == "PGO=true"),
+        "profile-guided by default"
+    );
+    assert!(
+        all.iter()
+            .any(|(w, v)| w == "RUN" && v.contains("bash benches/pgo.sh")),
+        "the build stage runs the profile-guided build"
+    );
+    let pgo = repository_file("benches/pgo.sh");
+    assert_eq!(
+        pgo.matches("cargo build --release --locked").count(),
+        2,
+        "instrumented and optimised builds, both locked"
+    );
     let run_stage = &all[stages[1]..];
     assert!(
         run_stage
