@@ -42,11 +42,6 @@ esac
 if [ $QUICK = 1 ]; then REPS=1; SMALL_N=4000; RATE_N=8000; BIG_N=100; TLS_N=300; STREAM_MB=64
 else REPS=5; SMALL_N=100000; RATE_N=40000; BIG_N=600; TLS_N=2000; STREAM_MB=512; fi
 
-# The proxy runs alone on CPU 1; the destination and the load generator share CPU 0. A
-# one-CPU machine (a container build) can still train, everything on CPU 0.
-LOAD_CPU=0; PROXY_CPU=$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)
-if [ $PROXY_CPU = 0 ] && [ $TRAIN = 0 ]; then echo "warning: one CPU; proxy and load share it" >&2; fi
-
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need haproxy || ! need h2load || ! need curl || ! need openssl || ! need python3 \
    || ! need pgrep || ! need taskset || { [ $INSTRUCTIONS = 1 ] && ! need valgrind; }; then
@@ -54,6 +49,12 @@ if ! need nginx || ! need haproxy || ! need h2load || ! need curl || ! need open
     curl openssl python3 procps util-linux $([ $INSTRUCTIONS = 1 ] && echo valgrind) >/dev/null
 fi
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
+
+# The proxy runs alone on one CPU (CPU 1 on a two-CPU machine); the destination and the load
+# generator share another (CPU 0). With a single CPU to run on (a container build can be
+# given one), the training still runs, everything on that CPU.
+read -r LOAD_CPU PROXY_CPU < <(python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(c[0], c[-1])')
+if [ "$LOAD_CPU" = "$PROXY_CPU" ] && [ $TRAIN = 0 ]; then echo "warning: one CPU; proxy and load share it" >&2; fi
 
 # FHIRGATE=/path/to/binary compares another build (e.g. the previous commit's).
 if [ -z "${FHIRGATE:-}" ]; then
