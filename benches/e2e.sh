@@ -45,8 +45,9 @@ else REPS=5; SMALL_N=100000; RATE_N=40000; BIG_N=600; TLS_N=2000; STREAM_MB=512;
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx || ! need haproxy || ! need h2load || ! need curl || ! need openssl || ! need python3 \
    || ! need pgrep || ! need taskset || { [ $INSTRUCTIONS = 1 ] && ! need valgrind; }; then
+  extra=(); [ $INSTRUCTIONS = 1 ] && extra=(valgrind)
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy nghttp2-client \
-    curl openssl python3 procps util-linux $([ $INSTRUCTIONS = 1 ] && echo valgrind) >/dev/null
+    curl openssl python3 procps util-linux "${extra[@]}" >/dev/null
 fi
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
@@ -123,14 +124,14 @@ http { access_log off; sendfile on; keepalive_requests 1000000;
            root $W/www; default_type application/fhir+json; client_body_temp_path $W/tmp;
            location /fhir/upload/ { dav_methods PUT; client_max_body_size 0; } } }
 EOF
-taskset -c $LOAD_CPU nginx -c "$W/dest.conf" -p "$W" & PIDS+=($!)
+taskset -c "$LOAD_CPU" nginx -c "$W/dest.conf" -p "$W" & PIDS+=($!)
 
 # --- The proxies, one at a time on CPU 1. ------------------------------------------------
 start_fhirgate() { UPSTREAM_HTTP2=false start_fhirgate_with; }
 start_fhirgate_h2() { UPSTREAM_HTTP2=true start_fhirgate_with; }
 start_fhirgate_with() {
   write_fhirgate_config
-  TOKIO_WORKER_THREADS=1 taskset -c $PROXY_CPU "$FHIRGATE" run --config "$W/fhirgate.toml" 2>"$W/fhirgate.err" & PROXY_PID=$!
+  TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$FHIRGATE" run --config "$W/fhirgate.toml" 2>"$W/fhirgate.err" & PROXY_PID=$!
   PORT=$GW
 }
 write_fhirgate_config() {
@@ -163,7 +164,7 @@ http { access_log off; keepalive_requests 1000000;
       proxy_ssl_server_name on; proxy_ssl_session_reuse on;
       proxy_buffering off; proxy_request_buffering off; client_max_body_size 0; } } }
 EOF
-  taskset -c $PROXY_CPU nginx -c "$W/proxy-nginx.conf" -p "$W" & PROXY_PID=$!
+  taskset -c "$PROXY_CPU" nginx -c "$W/proxy-nginx.conf" -p "$W" & PROXY_PID=$!
   PORT=$NGX
 }
 start_haproxy() {
@@ -183,7 +184,7 @@ backend be
   http-reuse always
   server dest 127.0.0.1:$DEST ssl verify required ca-file $W/private-ca.pem sni str(localhost) verifyhost localhost alpn http/1.1
 EOF
-  taskset -c $PROXY_CPU haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.err" 2>&1 & PROXY_PID=$!
+  taskset -c "$PROXY_CPU" haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.err" 2>&1 & PROXY_PID=$!
   PORT=$HAP
 }
 start_direct() { PROXY_PID=""; PORT=$DEST; }
@@ -222,7 +223,7 @@ run_h2load() {  # proxy-start-fn, h2load args...
   local before; before=$(cpu_of "$PROXY_PID")
   # shellcheck disable=SC2086
   rm -f "$W/h2load.log"   # h2load appends to its log file
-  taskset -c $LOAD_CPU h2load --log-file="$W/h2load.log" $url > "$W/h2load.out" 2>&1 || true
+  taskset -c "$LOAD_CPU" h2load --log-file="$W/h2load.log" $url > "$W/h2load.out" 2>&1 || true
   cp "$W/h2load.out" "$W/h2load-$start.out"; cp "$W/h2load.log" "$W/h2load-$start.log"
   local after; after=$(cpu_of "$PROXY_PID")
   local hwm; hwm=$(hwm_of "$PROXY_PID")
@@ -266,7 +267,7 @@ run_upload() {
   rm -f "$W/www/fhir/upload/export.ndjson"
   local before; before=$(cpu_of "$PROXY_PID")
   local t0; t0=$(date +%s.%N)
-  local code; code=$(taskset -c $LOAD_CPU curl -s --http1.1 --cacert "$W/client-ca.pem" -o /dev/null -w '%{http_code}' \
+  local code; code=$(taskset -c "$LOAD_CPU" curl -s --http1.1 --cacert "$W/client-ca.pem" -o /dev/null -w '%{http_code}' \
       -T "$W/www/fhir/bulk/export.ndjson" "https://localhost:$PORT/fhir/upload/export.ndjson")
   local t1; t1=$(date +%s.%N)
   local after; after=$(cpu_of "$PROXY_PID")
@@ -357,19 +358,19 @@ train() {
                 "2000 4xx --h1 -c 4 /elsewhere/Patient/example"; do
       read -r n class load <<<"$load"
       # shellcheck disable=SC2086
-      taskset -c $LOAD_CPU h2load -n "$n" ${load% *} "https://localhost:$GW${load##* }" > "$W/h2load.out" 2>&1 || true
+      taskset -c "$LOAD_CPU" h2load -n "$n" ${load% *} "https://localhost:$GW${load##* }" > "$W/h2load.out" 2>&1 || true
       grep -Eq "status codes: .*\b$n $class" "$W/h2load.out" \
         || { echo "training load failed: $load" >&2; cat "$W/h2load.out" >&2; exit 1; }
     done
     [ "$(run_stream_through $GW)" = "$STREAM_SHA" ] || { echo "training download failed" >&2; exit 1; }
-    taskset -c $LOAD_CPU curl -sf --http1.1 --cacert "$W/client-ca.pem" -o /dev/null -T "$W/www/fhir/bulk/export.ndjson" \
+    taskset -c "$LOAD_CPU" curl -sf --http1.1 --cacert "$W/client-ca.pem" -o /dev/null -T "$W/www/fhir/bulk/export.ndjson" \
       "https://localhost:$GW/fhir/upload/export.ndjson" || { echo "training upload failed" >&2; exit 1; }
     stop_proxy   # the instrumented build writes its counts when it exits
   done
 }
 run_stream_through() {  # port → SHA-256 of the NDJSON export read through it
-  taskset -c $LOAD_CPU curl -s --http1.1 --cacert "$W/client-ca.pem" "https://localhost:$1/fhir/bulk/export.ndjson" \
-    | taskset -c $LOAD_CPU sha256sum | cut -d' ' -f1
+  taskset -c "$LOAD_CPU" curl -s --http1.1 --cacert "$W/client-ca.pem" "https://localhost:$1/fhir/bulk/export.ndjson" \
+    | taskset -c "$LOAD_CPU" sha256sum | cut -d' ' -f1
 }
 if [ $TRAIN = 1 ]; then train; exit 0; fi
 
@@ -397,7 +398,7 @@ instructions_per_exchange() {  # upstream_http2, h2load args (with PORT)
   for n in 1000 1000 3000; do
     callgrind_control -z "$PROXY_PID" >/dev/null 2>&1
     # shellcheck disable=SC2086
-    taskset -c $LOAD_CPU h2load $url -n $n > "$W/h2load.out" 2>&1 || true
+    taskset -c "$LOAD_CPU" h2load $url -n $n > "$W/h2load.out" 2>&1 || true
     grep -q "status codes: $n 2xx" "$W/h2load.out" || { echo "wrong answers:" >&2; cat "$W/h2load.out" >&2; exit 1; }
     counts+=("$(callgrind_ir "$PROXY_PID")")
   done
