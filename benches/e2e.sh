@@ -115,7 +115,7 @@ chmod 777 www/fhir/upload tmp   # nginx workers (nobody) store uploads here
 STREAM_SHA=$(sha256sum www/fhir/bulk/export.ndjson | cut -d' ' -f1)
 STREAM_BYTES=$(stat -c %s www/fhir/bulk/export.ndjson)
 
-# --- Destination: nginx on CPU 0, TLS, HTTP/1.1 and HTTP/2. -----------------------------
+# --- Destination: nginx on the load's CPU, TLS, HTTP/1.1 and HTTP/2. ---------------------
 cat > dest.conf <<EOF
 worker_processes 1; pid $W/dest.pid; error_log $W/dest.err; daemon off;
 events { worker_connections 4096; }
@@ -126,7 +126,7 @@ http { access_log off; sendfile on; keepalive_requests 1000000;
 EOF
 taskset -c "$LOAD_CPU" nginx -c "$W/dest.conf" -p "$W" & PIDS+=($!)
 
-# --- The proxies, one at a time on CPU 1. ------------------------------------------------
+# --- The proxies, one at a time on the proxy's CPU. --------------------------------------
 start_fhirgate() { UPSTREAM_HTTP2=false start_fhirgate_with; }
 start_fhirgate_h2() { UPSTREAM_HTTP2=true start_fhirgate_with; }
 start_fhirgate_with() {

@@ -25,12 +25,10 @@ profdata=$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata
 
 out=$PWD/target/pgo
 counts=$out/counts
-mkdir -p "$out"
-rm -rf "$counts"
 echo "pgo: instrumented build" >&2
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$counts" CARGO_TARGET_DIR=$out/instrumented \
   cargo build --release --locked -q --bin fhirgate
-rm -rf "$counts"   # build scripts ran instrumented too; only the gateway's counts are wanted
+rm -rf "$counts"   # earlier runs' and the build scripts' (they ran instrumented too)
 
 echo "pgo: training load" >&2
 FHIRGATE=$out/instrumented/release/fhirgate bash benches/e2e.sh --train
