@@ -162,7 +162,7 @@ pub struct ResponseBody {
     source: Source,
     /// `max_exchange_duration`: fires while the body is still streaming.
     deadline: Option<Pin<Box<Sleep>>>,
-    record: ExchangeRecord,
+    record: Box<ExchangeRecord>,
 }
 
 enum Source {
@@ -173,15 +173,15 @@ enum Source {
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: UpstreamBody, record: ExchangeRecord) -> Self {
+    pub fn upstream(inner: UpstreamBody, record: Box<ExchangeRecord>) -> Self {
         Self::new(Source::Upstream(inner), record)
     }
 
-    pub fn full(bytes: Bytes, record: ExchangeRecord) -> Self {
+    pub fn full(bytes: Bytes, record: Box<ExchangeRecord>) -> Self {
         Self::new(Source::Full(Some(bytes)), record)
     }
 
-    fn new(source: Source, mut record: ExchangeRecord) -> Self {
+    fn new(source: Source, mut record: Box<ExchangeRecord>) -> Self {
         let empty = match &source {
             Source::Upstream(inner) => inner.is_end_stream(),
             Source::Full(bytes) => bytes.is_none(),

@@ -219,14 +219,16 @@ impl Snapshot {
             route.max_request_body_bytes,
             self.body_idle_timeout,
         );
-        let exchange = route
-            .upstream
-            .send(Request::from_parts(parts, body), body_sent);
+        let request = Request::from_parts(parts, body);
+        // The upstream future (2.5 KB) is made in each arm rather than before the match:
+        // made before, it would be copied into the arm's awaited future.
         let result = match record.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, exchange)
-                .await
-                .unwrap_or(Err(GatewayError::ExchangeTooLong)),
-            None => exchange.await,
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, route.upstream.send(request, body_sent))
+                    .await
+                    .unwrap_or(Err(GatewayError::ExchangeTooLong))
+            }
+            None => route.upstream.send(request, body_sent).await,
         };
         // A body the gateway itself cut off explains the failed upstream request.
         result.map_err(|error| {
@@ -338,7 +340,7 @@ pub async fn handle(
 fn pass_back(
     response: Response<UpstreamBody>,
     request_id: HeaderValue,
-    mut record: ExchangeRecord,
+    mut record: Box<ExchangeRecord>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     headers::rewrite_response(&mut parts.headers, request_id);
@@ -351,7 +353,7 @@ fn pass_back(
 fn gateway_response(
     error: &GatewayError,
     format: OutcomeFormat,
-    mut record: ExchangeRecord,
+    mut record: Box<ExchangeRecord>,
 ) -> Response<ResponseBody> {
     let request_id = record.request_id.to_str().unwrap_or("-");
     let response = error.to_response(request_id, format);
