@@ -116,11 +116,15 @@ STREAM_SHA=$(sha256sum www/fhir/bulk/export.ndjson | cut -d' ' -f1)
 STREAM_BYTES=$(stat -c %s www/fhir/bulk/export.ndjson)
 
 # --- Destination: nginx on the load's CPU, TLS, HTTP/1.1 and HTTP/2. ---------------------
+# nginx before 1.23.4 (Debian 12 has 1.22) offers only TLS 1.2 unless told otherwise; both
+# nginx servers (and nginx's proxy_ssl_protocols) name TLS 1.3, so that every hop of every
+# target is TLS 1.3 (the client-facing ones are checked below).
 cat > dest.conf <<EOF
 worker_processes 1; pid $W/dest.pid; error_log $W/dest.err; daemon off;
 events { worker_connections 4096; }
 http { access_log off; sendfile on; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$DEST ssl http2; ssl_certificate $W/dest.pem; ssl_certificate_key $W/dest.key;
+  server { listen 127.0.0.1:$DEST ssl http2; ssl_protocols TLSv1.2 TLSv1.3;
+           ssl_certificate $W/dest.pem; ssl_certificate_key $W/dest.key;
            root $W/www; default_type application/fhir+json; client_body_temp_path $W/tmp;
            location /fhir/upload/ { dav_methods PUT; client_max_body_size 0; } } }
 EOF
@@ -158,10 +162,11 @@ worker_processes 1; pid $W/ngx.pid; error_log $W/ngx.err; daemon off;
 events { worker_connections 8192; }
 http { access_log off; keepalive_requests 1000000;
   upstream dest { server 127.0.0.1:$DEST; keepalive 64; }
-  server { listen 127.0.0.1:$NGX ssl http2; ssl_certificate $W/proxy.pem; ssl_certificate_key $W/proxy.key;
+  server { listen 127.0.0.1:$NGX ssl http2; ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $W/proxy.pem; ssl_certificate_key $W/proxy.key;
     location / { proxy_pass https://dest; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_ssl_verify on; proxy_ssl_trusted_certificate $W/private-ca.pem; proxy_ssl_name localhost;
-      proxy_ssl_server_name on; proxy_ssl_session_reuse on;
+      proxy_ssl_server_name on; proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.2 TLSv1.3;
       proxy_buffering off; proxy_request_buffering off; client_max_body_size 0; } } }
 EOF
   taskset -c "$PROXY_CPU" nginx -c "$W/proxy-nginx.conf" -p "$W" & PROXY_PID=$!
@@ -417,6 +422,17 @@ if [ $INSTRUCTIONS = 1 ]; then
   exit 0
 fi
 [ $QUICK = 1 ] && echo "(quick mode: one repetition, small loads — not for comparison)"
+
+# Every target (and so the destination, which direct is) must speak TLS 1.3 to its clients;
+# the proxies' clients towards the destination offer it too (rustls and OpenSSL by default,
+# nginx through proxy_ssl_protocols).
+for t in $ALL; do
+  "$t"; wait_port "$PORT"
+  protocol=$(openssl s_client -connect "127.0.0.1:$PORT" -servername localhost </dev/null 2>/dev/null \
+    | sed -n 's/^New, \(TLSv[0-9.]*\),.*/\1/p')
+  stop_proxy
+  [ "$protocol" = TLSv1.3 ] || { echo "$(name "$t") negotiated ${protocol:-nothing}, not TLSv1.3" >&2; exit 1; }
+done
 
 scenario() {  # title, h2load args
   [[ "$1" =~ ${ONLY:-.} ]] || return 0
