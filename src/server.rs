@@ -774,7 +774,7 @@ impl Listener {
             // returns several times before it first polls it (into its stream, then into a task).
             // Allocated before the future is made, so that only its first state (the request
             // and two pointers) is written into the box: `Box::pin(future)` made the whole
-            // future on the stack and copied all of its 4.6 KB on every exchange.
+            // future on the stack and copied all of it, some KiB, on every exchange.
             let slot = Box::new_uninit();
             Box::into_pin(Box::write(slot, async move {
                 Ok::<_, Infallible>(proxy::handle(&snapshot, &info, request).await)
